@@ -1,1 +1,3 @@
-return 0;
+using Sidecar.Cli;
+
+return await SidecarCli.InvokeAsync(args, Console.Out, Console.Error);

@@ -1,0 +1,72 @@
+using System.Runtime.CompilerServices;
+using Sidecar.Policy;
+using Sidecar.RateLimiting;
+
+namespace Sidecar.Decisions;
+
+public enum DecisionOutcome : byte
+{
+    Allow,
+    /// <summary>Denied by a rule, by <c>hide</c>, by the default, or by a <c>deny_if</c> condition.</summary>
+    Deny,
+    /// <summary>A limit has no tokens left; <see cref="Decision.RetryAfterMs"/> says when it will.</summary>
+    RateLimited,
+    /// <summary>The call waits for a human decision (<c>action: require_approval</c>).</summary>
+    RequireApproval,
+    /// <summary>Arguments fail a <c>require</c> condition, or a limit's <c>increment_from</c> is missing or negative.</summary>
+    InvalidArguments,
+}
+
+/// <summary>Who is calling: the scope keys of rate limits. Strings the caller already holds; nothing is built per call.</summary>
+public readonly record struct CallContext(string? Identity, string? Grant, string? Session)
+{
+    public static CallContext Anonymous => default;
+}
+
+/// <summary>Tokens taken from one bucket for this call, kept so that a call failing upstream can give them back.</summary>
+internal readonly struct Charge(RateBucket bucket, CounterModel counter, long cost)
+{
+    public RateBucket Bucket { get; } = bucket;
+    public CounterModel Counter { get; } = counter;
+    public long Cost { get; } = cost;
+}
+
+[InlineArray(PolicyCompiler.MaxLimitsPerCall)]
+internal struct ChargeBuffer
+{
+    private Charge _first;
+}
+
+/// <summary>
+/// The outcome of one <c>tools/call</c> decision. A value type with no heap allocations: rule and reason strings
+/// come from the compiled policy. In shadow mode <see cref="Enforced"/> is false and nothing is blocked.
+/// </summary>
+public struct Decision
+{
+    public DecisionOutcome Outcome;
+
+    /// <summary>False in <c>mode: shadow</c>: the outcome is recorded but the call proceeds.</summary>
+    public bool Enforced;
+
+    /// <summary>The rule that decided, e.g. <c>tools.set_option.deny_if[0]</c>, <c>default</c>, <c>hide</c>.</summary>
+    public string Rule;
+
+    public string Reason;
+
+    /// <summary>When a rate-limited call could succeed, in milliseconds; -1 when unknown or never.</summary>
+    public long RetryAfterMs;
+
+    /// <summary>Tokens left in the tightest bucket this call touched; -1 when no limit applied.</summary>
+    public long Remaining;
+
+    /// <summary>The tool's approval timeout when <see cref="Outcome"/> is <see cref="DecisionOutcome.RequireApproval"/>.</summary>
+    public TimeSpan ApprovalTimeout;
+
+    internal ChargeBuffer Charges;
+    internal int ChargeCount;
+
+    /// <summary>True when the call must not be forwarded.</summary>
+    public readonly bool Blocks => Enforced && Outcome != DecisionOutcome.Allow;
+
+    public readonly bool IsAllowed => Outcome == DecisionOutcome.Allow;
+}

@@ -1,0 +1,172 @@
+using System.Runtime.CompilerServices;
+using System.Text.Json;
+using Sidecar.Policy;
+using Sidecar.RateLimiting;
+
+namespace Sidecar.Decisions;
+
+/// <summary>
+/// Decides one <c>tools/call</c>: (identity, grant, session, tool, arguments) → allow | deny | rate-limited |
+/// require-approval | invalid-arguments. Allocation-free and lock-free; never throws on bad arguments.
+/// </summary>
+/// <remarks>
+/// Order: the tool's rule (hidden / named / default) and <c>all_tools</c> may deny outright; then <c>deny_if</c>
+/// conditions (all_tools first), then <c>require</c> conditions, then approval, then limits — so that a call that
+/// is refused for any other reason spends no tokens. Limits are taken all or nothing.
+/// </remarks>
+public sealed class DecisionEngine(RateLimitStore store)
+{
+    public RateLimitStore Store { get; } = store;
+
+    /// <summary>Decides a call whose arguments are the UTF-8 JSON object <paramref name="arguments"/> (empty = no arguments).</summary>
+    public void Decide(PolicyModel policy, in CallContext context, ReadOnlySpan<char> tool, ReadOnlySpan<byte> arguments,
+        bool approved, out Decision decision)
+        => Decide(policy, context, tool, new Utf8JsonReader(arguments), approved, out decision);
+
+    /// <summary>Decides a call whose arguments are a JSON object in <paramref name="arguments"/>, a reader positioned before it.</summary>
+    public void Decide(PolicyModel policy, in CallContext context, ReadOnlySpan<char> tool, Utf8JsonReader arguments,
+        bool approved, out Decision decision)
+    {
+        decision = default;
+        decision.Enforced = policy.Mode == PolicyMode.Enforce;
+        decision.RetryAfterMs = -1;
+        decision.Remaining = -1;
+
+        var rule = policy.Resolve(tool);
+        var all = policy.AllTools;
+        if (rule.Action == RuleAction.Deny)
+        {
+            Set(ref decision, DecisionOutcome.Deny, rule.Id, rule.Reason);
+            return;
+        }
+        if (all is { Action: RuleAction.Deny })
+        {
+            Set(ref decision, DecisionOutcome.Deny, all.Id, all.Reason);
+            return;
+        }
+
+        try
+        {
+            if ((all is not null && CheckConditions(all, arguments, ref decision)) || CheckConditions(rule, arguments, ref decision))
+            {
+                return;
+            }
+        }
+        catch (Exception ex) when (ex is JsonException or InvalidOperationException)
+        {
+            // Arguments the scanner let through can't be malformed; this keeps the engine total on direct use.
+            Set(ref decision, DecisionOutcome.InvalidArguments, rule.Id, "arguments are not a valid JSON object");
+            return;
+        }
+
+        if (!approved && (rule.Action == RuleAction.RequireApproval || all is { Action: RuleAction.RequireApproval }))
+        {
+            var approvalRule = rule.Action == RuleAction.RequireApproval ? rule : all!;
+            Set(ref decision, DecisionOutcome.RequireApproval, approvalRule.Id, approvalRule.Reason);
+            decision.ApprovalTimeout = approvalRule.ApprovalTimeout;
+            return;
+        }
+
+        if ((all is not null && !TakeLimits(policy, all, context, arguments, ref decision))
+            || !TakeLimits(policy, rule, context, arguments, ref decision))
+        {
+            return;
+        }
+
+        Set(ref decision, DecisionOutcome.Allow, rule.Id, rule.Reason);
+    }
+
+    /// <summary>Gives back every token a decision took: call it when an allowed call fails upstream. Idempotent.</summary>
+    public void Refund(ref Decision decision)
+    {
+        for (var i = 0; i < decision.ChargeCount; i++)
+        {
+            ref readonly var charge = ref decision.Charges[i];
+            Store.Refund(charge.Bucket, charge.Counter.Max, charge.Counter.WindowSeconds, charge.Cost);
+        }
+        decision.ChargeCount = 0;
+    }
+
+    /// <summary>Returns true when a condition decided the call (deny or invalid arguments).</summary>
+    private static bool CheckConditions(RuleModel rule, Utf8JsonReader arguments, ref Decision decision)
+    {
+        foreach (var condition in rule.DenyIf)
+        {
+            if (ArgumentEvaluator.Evaluate(condition, arguments) != ConditionResult.False)
+            {
+                Set(ref decision, DecisionOutcome.Deny, condition.Id, condition.Reason);
+                return true;
+            }
+        }
+        foreach (var condition in rule.Require)
+        {
+            if (ArgumentEvaluator.Evaluate(condition, arguments) != ConditionResult.True)
+            {
+                Set(ref decision, DecisionOutcome.InvalidArguments, condition.Id, condition.Reason);
+                return true;
+            }
+        }
+        return false;
+    }
+
+    private bool TakeLimits(PolicyModel policy, RuleModel rule, in CallContext context, Utf8JsonReader arguments, ref Decision decision)
+    {
+        var limits = rule.Limits;
+        if (limits.Length == 0)
+        {
+            return true;
+        }
+        var now = Store.Now;
+        foreach (var limit in limits)
+        {
+            var counter = limit.Counter;
+            long cost = 1;
+            if (limit.IncrementSegments is { } segments && !ArgumentEvaluator.TryReadAmount(arguments, segments, counter.Max, out cost))
+            {
+                Reject(ref decision, DecisionOutcome.InvalidArguments, limit.Id, limit.InvalidIncrementReason);
+                return false;
+            }
+
+            var key = KeyFor(policy.CounterSpace, counter, context);
+            var result = Store.TryAcquire(key, counter.Max, counter.WindowSeconds, cost, now, out var bucket);
+            if (!result.Acquired)
+            {
+                Reject(ref decision, DecisionOutcome.RateLimited, limit.Id,
+                    result.Status == AcquireStatus.Never ? limit.TooLargeReason : limit.RejectReason);
+                decision.RetryAfterMs = result.RetryAfterTicks < 0 ? -1 : Store.TicksToMilliseconds(result.RetryAfterTicks);
+                decision.Remaining = result.Remaining;
+                return false;
+            }
+            decision.Charges[decision.ChargeCount++] = new Charge(bucket!, counter, cost);
+            if (decision.Remaining < 0 || result.Remaining < decision.Remaining)
+            {
+                decision.Remaining = result.Remaining;
+            }
+        }
+        return true;
+    }
+
+    /// <summary>Records a refusal and gives back what earlier limits of the same call took (all or nothing).</summary>
+    private void Reject(ref Decision decision, DecisionOutcome outcome, string rule, string reason)
+    {
+        Refund(ref decision);
+        Set(ref decision, outcome, rule, reason);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static BucketKey KeyFor(string space, CounterModel counter, in CallContext context) => counter.Scope switch
+    {
+        LimitScope.Grant => new BucketKey(space, counter.Name, (byte)LimitScope.Grant, context.Identity ?? "", context.Grant ?? ""),
+        LimitScope.Identity => new BucketKey(space, counter.Name, (byte)LimitScope.Identity, context.Identity ?? "", null),
+        LimitScope.Session => new BucketKey(space, counter.Name, (byte)LimitScope.Session, context.Session ?? "", null),
+        _ => new BucketKey(space, counter.Name, (byte)LimitScope.Global, null, null),
+    };
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Set(ref Decision decision, DecisionOutcome outcome, string rule, string reason)
+    {
+        decision.Outcome = outcome;
+        decision.Rule = rule;
+        decision.Reason = reason;
+    }
+}

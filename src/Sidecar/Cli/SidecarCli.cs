@@ -1,0 +1,22 @@
+using System.CommandLine;
+
+namespace Sidecar.Cli;
+
+/// <summary>The <c>sidecar</c> command line. Exit codes: 0 success, 1 invalid input (e.g. policy errors), 2 usage errors.</summary>
+public static class SidecarCli
+{
+    public static RootCommand Build()
+    {
+        var root = new RootCommand("Sidecar: an MCP policy gateway. Every tool call an agent makes passes the rules first.");
+        root.Subcommands.Add(ValidateCommand.Create());
+        root.Subcommands.Add(ExplainCommand.Create());
+        return root;
+    }
+
+    public static Task<int> InvokeAsync(string[] args, TextWriter output, TextWriter error, CancellationToken cancellationToken = default)
+    {
+        var parse = Build().Parse(args);
+        var configuration = new InvocationConfiguration { Output = output, Error = error };
+        return parse.InvokeAsync(configuration, cancellationToken);
+    }
+}

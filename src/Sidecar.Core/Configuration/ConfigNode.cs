@@ -101,6 +101,12 @@ public static class ConfigJsonParser
             utf8 = utf8[3..];
         }
 
+        if (utf8.Trim(" \t\r\n"u8).IsEmpty)
+        {
+            diagnostics.Add("$", new SourceLocation(1, 1), "the file is empty; expected a JSON object");
+            return null;
+        }
+
         var lines = new LineMap(utf8);
         var reader = new Utf8JsonReader(utf8, new JsonReaderOptions { MaxDepth = MaxDepth + 1 });
         try

@@ -18,8 +18,15 @@ public static class PolicyConfigReader
 
     public static PolicyConfig? Read(ReadOnlySpan<byte> utf8Json, DiagnosticBag diagnostics)
     {
+        var errorsBefore = diagnostics.Items.Count;
         var root = ConfigJsonParser.Parse(utf8Json, diagnostics);
-        return root is null ? null : Bind(root, diagnostics);
+        if (root is null)
+        {
+            return null;
+        }
+        var config = Bind(root, diagnostics);
+        // Parse-level errors (duplicate keys) don't stop binding, so that every error is reported; they still fail the load.
+        return diagnostics.Items.Count > errorsBefore ? null : config;
     }
 
     /// <summary>Binds an already parsed document (JSON today; other front ends produce the same nodes).</summary>

@@ -1,0 +1,84 @@
+using Sidecar.Cli;
+using Sidecar.Tests.TestSupport;
+
+namespace Sidecar.Tests.Cli;
+
+public class CliTests
+{
+    private static async Task<(int Exit, string Out, string Err)> Run(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        var exit = await SidecarCli.InvokeAsync(args, output, error);
+        return (exit, output.ToString(), error.ToString());
+    }
+
+    [Fact]
+    public async Task Validate_accepts_every_example()
+    {
+        var (exit, output, error) = await Run(["validate", .. Repo.ExamplePolicies]);
+        Assert.Equal(0, exit);
+        Assert.Equal("", error);
+        Assert.Equal(Repo.ExamplePolicies.Length, output.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
+    }
+
+    [Fact]
+    public async Task Validate_prints_every_error_with_file_line_and_path()
+    {
+        var file = Path.Combine(Path.GetTempPath(), $"sidecar-bad-{Guid.NewGuid():N}.json");
+        await File.WriteAllTextAsync(file, "{\n  \"version\": \"1\",\n  \"default\": \"nope\",\n  \"tools\": { \"t\": { \"limits\": [ { \"counter\": \"c\", \"window\": \"fortnight\", \"max\": 1 } ] } }\n}\n");
+        try
+        {
+            var (exit, _, error) = await Run("validate", file);
+            Assert.Equal(1, exit);
+            Assert.Contains($"{file}:3:14: $.default: invalid default \"nope\"", error, StringComparison.Ordinal);
+            Assert.Contains($"{file}:4:", error, StringComparison.Ordinal);
+            Assert.Contains("$.tools.t.limits[0].window", error, StringComparison.Ordinal);
+            Assert.Contains("2 errors", error, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
+    [Fact]
+    public async Task Explain_names_the_rule_and_reason()
+    {
+        var policy = Repo.PathOf("examples", "policies", "product-mitmproxy.json");
+        var (exit, output, _) = await Run("explain", "--policy", policy, "--tool", "set_option", "--args", """{"key":"mode"}""");
+        Assert.Equal(0, exit);
+        Assert.Contains("decision:  deny", output, StringComparison.Ordinal);
+        Assert.Contains("rule:      tools.set_option.deny_if[0]", output, StringComparison.Ordinal);
+        Assert.Contains("reason:    network options are managed by the platform", output, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Explain_repeat_shows_rate_limits_as_json()
+    {
+        var policy = Repo.PathOf("examples", "policies", "seed-mitmproxy-start_proxy.json");
+        var (exit, output, _) = await Run("explain", "-p", policy, "-t", "start_proxy", "--repeat", "11", "--json");
+        Assert.Equal(0, exit);
+        Assert.Contains("\"decision\": \"rate_limited\"", output, StringComparison.Ordinal);
+        Assert.Contains("\"retryAfterMs\": 6000", output, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("[1]")]
+    [InlineData("{")]
+    [InlineData("""{"a":1,"a":2}""")]
+    public async Task Explain_rejects_arguments_that_are_not_one_json_object(string args)
+    {
+        var policy = Repo.PathOf("examples", "policies", "product-mitmproxy.json");
+        var (exit, _, error) = await Run("explain", "-p", policy, "-t", "x", "--args", args);
+        Assert.Equal(2, exit);
+        Assert.Contains("--args", error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Unknown_command_is_a_usage_error()
+    {
+        var (exit, _, _) = await Run("frobnicate");
+        Assert.NotEqual(0, exit);
+    }
+}

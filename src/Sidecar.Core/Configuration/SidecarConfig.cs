@@ -1,0 +1,77 @@
+using Sidecar.Policy;
+
+namespace Sidecar.Configuration;
+
+public enum UpstreamTransport : byte { Stdio, Sse, StreamableHttp }
+
+/// <summary>How a blocked <c>tools/call</c> is reported to the agent.</summary>
+public enum BlockedCallStyle : byte
+{
+    /// <summary>A JSON-RPC error with a distinct code and <c>error.data</c> (the default).</summary>
+    Error,
+    /// <summary>A successful response holding a tool result with <c>isError: true</c>, for agents that read only results.</summary>
+    ToolResult,
+}
+
+/// <summary>The gateway's config file (<c>sidecar.json</c>) as the user wrote it, paths resolved.</summary>
+public sealed record SidecarConfig(
+    string? File,
+    string Listen,
+    IReadOnlyList<ServerConfig> Servers,
+    string? PolicyPath,
+    BlockedCallStyle BlockedCalls,
+    GatewayLimits Limits,
+    IReadOnlyList<string> AllowedOrigins,
+    IReadOnlyList<string> AllowedHosts)
+{
+    public const string DefaultListen = "127.0.0.1:8787";
+
+    public ServerConfig? FindServer(string name)
+    {
+        foreach (var s in Servers)
+        {
+            if (s.Name == name)
+            {
+                return s;
+            }
+        }
+        return null;
+    }
+}
+
+/// <summary>Bounds on what the gateway accepts and how long it waits.</summary>
+public sealed record GatewayLimits(
+    int MaxMessageBytes,
+    TimeSpan UpstreamTimeout,
+    TimeSpan ConnectTimeout,
+    int MaxSessions,
+    TimeSpan SessionIdleTimeout)
+{
+    public static GatewayLimits Default { get; } = new(4 * 1024 * 1024, TimeSpan.FromSeconds(60), TimeSpan.FromSeconds(30), 10_000, TimeSpan.FromMinutes(30));
+}
+
+/// <summary>One upstream MCP server (<c>mcpServers.NAME</c>): a stdio command or a URL.</summary>
+/// <remarks><see cref="Headers"/> and <see cref="Env"/> may hold credentials: <see cref="ToString"/> never prints them.</remarks>
+public sealed record ServerConfig(
+    string Name,
+    SourceLocation Location,
+    UpstreamTransport Transport,
+    string? Command,
+    IReadOnlyList<string> Args,
+    IReadOnlyDictionary<string, string> Env,
+    string? Cwd,
+    Uri? Url,
+    IReadOnlyDictionary<string, string> Headers,
+    string? PolicyPath)
+{
+    public override string ToString() => Transport == UpstreamTransport.Stdio
+        ? $"{Name} (stdio: {Command})"
+        : $"{Name} ({(Transport == UpstreamTransport.Sse ? "sse" : "streamable-http")}: {Url!.GetLeftPart(UriPartial.Path)})";
+
+    public string TransportName => Transport switch
+    {
+        UpstreamTransport.Stdio => "stdio",
+        UpstreamTransport.Sse => "sse",
+        _ => "streamable-http",
+    };
+}

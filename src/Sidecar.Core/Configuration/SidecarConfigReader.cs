@@ -1,0 +1,397 @@
+using System.Text;
+using Sidecar.Policy;
+
+namespace Sidecar.Configuration;
+
+/// <summary>
+/// Reads <c>sidecar.json</c>: the <c>mcpServers</c> map MCP clients already use, plus Sidecar's own fields. Every
+/// error is collected with path and line; unknown fields are errors. Relative paths resolve against the file's folder;
+/// <c>${NAME}</c> in <c>headers</c> and <c>env</c> values is replaced from the environment.
+/// </summary>
+public static class SidecarConfigReader
+{
+    private const string TopFields = "listen, mcpServers, policy, blockedCalls, limits, allowedOrigins, allowedHosts";
+    private const string ServerFields = "command, args, env, cwd, url, transport, headers, policy, type, description";
+
+    public static SidecarConfig LoadFile(string path, Func<string, string?>? environment = null)
+    {
+        var diagnostics = new DiagnosticBag(path);
+        byte[] bytes;
+        try
+        {
+            bytes = File.ReadAllBytes(path);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            diagnostics.Add("$", new SourceLocation(1, 1), "cannot read config file: " + ex.Message);
+            throw new ConfigValidationException(diagnostics.Items);
+        }
+        var baseDirectory = Path.GetDirectoryName(Path.GetFullPath(path))!;
+        return Read(bytes, baseDirectory, diagnostics, environment, Path.GetFullPath(path))
+            ?? throw new ConfigValidationException(diagnostics.Items);
+    }
+
+    public static SidecarConfig? Read(ReadOnlySpan<byte> utf8Json, string baseDirectory, DiagnosticBag diagnostics,
+        Func<string, string?>? environment = null, string? file = null)
+    {
+        environment ??= Environment.GetEnvironmentVariable;
+        var errorsBefore = diagnostics.Items.Count;
+        var root = ConfigJsonParser.Parse(utf8Json, diagnostics);
+        if (root is null)
+        {
+            return null;
+        }
+        if (root is not ConfigObject obj)
+        {
+            diagnostics.Add(root, $"the config must be a JSON object, not {root.KindName}");
+            return null;
+        }
+
+        var members = new PolicyConfigReader.MemberReader(obj, diagnostics);
+        var listen = SidecarConfig.DefaultListen;
+        if (members.Take("listen") is { } listenNode && ReadString(listenNode, diagnostics) is { } l)
+        {
+            if (TryParseListen(l, out _, out _))
+            {
+                listen = l;
+            }
+            else
+            {
+                diagnostics.Add(listenNode, $"invalid listen address \"{l}\"; expected HOST:PORT, e.g. \"127.0.0.1:8787\" or \"[::1]:8787\"");
+            }
+        }
+
+        string? topPolicy = null;
+        if (members.Take("policy") is { } policyNode && ReadString(policyNode, diagnostics) is { } p)
+        {
+            topPolicy = ResolvePath(baseDirectory, p);
+        }
+
+        var servers = new List<ServerConfig>();
+        if (members.Take("mcpServers") is { } serversNode)
+        {
+            if (serversNode is ConfigObject serversObj)
+            {
+                foreach (var member in serversObj.Members)
+                {
+                    if (!IsValidServerName(member.Name))
+                    {
+                        diagnostics.Add(member.Value.Path, member.NameLocation,
+                            $"invalid server name \"{member.Name}\": use letters, digits, '-' and '_' (it appears in URLs)");
+                        continue;
+                    }
+                    if (ReadServer(member.Name, member.Value, baseDirectory, topPolicy, environment, diagnostics) is { } server)
+                    {
+                        servers.Add(server);
+                    }
+                }
+            }
+            else
+            {
+                diagnostics.Add(serversNode, $"\"mcpServers\" must be an object mapping server names to servers, not {serversNode.KindName}");
+            }
+        }
+        else
+        {
+            diagnostics.Add(obj, "missing required field \"mcpServers\"");
+        }
+
+        var blocked = BlockedCallStyle.Error;
+        if (members.Take("blockedCalls") is { } blockedNode)
+        {
+            blocked = ReadString(blockedNode, diagnostics) switch
+            {
+                "error" => BlockedCallStyle.Error,
+                "tool_result" => BlockedCallStyle.ToolResult,
+                null => BlockedCallStyle.Error,
+                var other => Invalid(blockedNode, $"invalid blockedCalls \"{other}\"; expected \"error\" or \"tool_result\"", BlockedCallStyle.Error),
+            };
+        }
+
+        var limits = GatewayLimits.Default;
+        if (members.Take("limits") is { } limitsNode)
+        {
+            limits = ReadLimits(limitsNode, diagnostics);
+        }
+
+        var origins = members.Take("allowedOrigins") is { } originsNode ? ReadStringList(originsNode, diagnostics) : [];
+        var hosts = members.Take("allowedHosts") is { } hostsNode ? ReadStringList(hostsNode, diagnostics) : [];
+
+        members.ReportUnknown(TopFields);
+
+        T Invalid<T>(ConfigNode node, string message, T fallback)
+        {
+            diagnostics.Add(node, message);
+            return fallback;
+        }
+
+        return diagnostics.Items.Count > errorsBefore
+            ? null
+            : new SidecarConfig(file, listen, servers, topPolicy, blocked, limits, origins, hosts);
+    }
+
+    private static ServerConfig? ReadServer(string name, ConfigNode node, string baseDirectory, string? topPolicy,
+        Func<string, string?> environment, DiagnosticBag diagnostics)
+    {
+        if (node is not ConfigObject obj)
+        {
+            diagnostics.Add(node, $"a server must be an object with \"command\" or \"url\", not {node.KindName}");
+            return null;
+        }
+        var errorsBefore = diagnostics.Items.Count;
+        var members = new PolicyConfigReader.MemberReader(obj, diagnostics);
+
+        var commandNode = members.Take("command");
+        var urlNode = members.Take("url");
+        var command = commandNode is null ? null : ReadString(commandNode, diagnostics);
+        var urlText = urlNode is null ? null : ReadString(urlNode, diagnostics);
+        var args = members.Take("args") is { } argsNode ? ReadStringList(argsNode, diagnostics) : [];
+        var env = members.Take("env") is { } envNode ? ReadStringMap(envNode, environment, diagnostics) : new Dictionary<string, string>();
+        var cwdNode = members.Take("cwd");
+        var cwd = cwdNode is null ? null : ReadString(cwdNode, diagnostics);
+        var headersNode = members.Take("headers");
+        var headers = headersNode is null ? new Dictionary<string, string>() : ReadStringMap(headersNode, environment, diagnostics);
+        var transportNode = members.Take("transport") ?? members.Take("type");
+        var transportText = transportNode is null ? null : ReadString(transportNode, diagnostics);
+        var policyNode = members.Take("policy");
+        var policy = policyNode is null ? topPolicy : ReadString(policyNode, diagnostics) is { } pp ? ResolvePath(baseDirectory, pp) : null;
+        if (members.Take("description") is { } descNode)
+        {
+            ReadString(descNode, diagnostics);
+        }
+        members.ReportUnknown(ServerFields);
+
+        UpstreamTransport transport = UpstreamTransport.Stdio;
+        Uri? url = null;
+        if (command is not null && urlNode is not null)
+        {
+            diagnostics.Add(obj, "a server has either \"command\" (stdio) or \"url\" (HTTP), not both");
+        }
+        else if (command is not null)
+        {
+            if (command.Length == 0)
+            {
+                diagnostics.Add(commandNode!, "\"command\" cannot be empty");
+            }
+            if (transportText is not null and not "stdio")
+            {
+                diagnostics.Add(transportNode!, $"transport \"{transportText}\" does not fit a \"command\" server; stdio servers need no transport");
+            }
+            if (headersNode is not null)
+            {
+                diagnostics.Add(headersNode, "\"headers\" apply to \"url\" servers only");
+            }
+        }
+        else if (urlText is not null)
+        {
+            if (!Uri.TryCreate(urlText, UriKind.Absolute, out url) || (url.Scheme != Uri.UriSchemeHttp && url.Scheme != Uri.UriSchemeHttps))
+            {
+                diagnostics.Add(urlNode!, $"invalid url \"{urlText}\"; expected an absolute http:// or https:// URL");
+            }
+            else
+            {
+                transport = transportText switch
+                {
+                    "sse" => UpstreamTransport.Sse,
+                    "streamable-http" or "streamableHttp" or "http" => UpstreamTransport.StreamableHttp,
+                    null => url.AbsolutePath.TrimEnd('/').EndsWith("/sse", StringComparison.Ordinal) ? UpstreamTransport.Sse : UpstreamTransport.StreamableHttp,
+                    _ => Invalid(),
+                };
+                UpstreamTransport Invalid()
+                {
+                    diagnostics.Add(transportNode!, $"invalid transport \"{transportText}\"; expected \"sse\" or \"streamable-http\"");
+                    return UpstreamTransport.StreamableHttp;
+                }
+            }
+            if (args.Count > 0 || env.Count > 0 || cwd is not null)
+            {
+                diagnostics.Add(obj, "\"args\", \"env\" and \"cwd\" apply to \"command\" servers only");
+            }
+        }
+        else if (commandNode is null && urlNode is null)
+        {
+            diagnostics.Add(obj, "a server needs \"command\" (a stdio server Sidecar spawns) or \"url\" (an HTTP server)");
+        }
+
+        return diagnostics.Items.Count > errorsBefore
+            ? null
+            : new ServerConfig(name, obj.Location, transport, command, args, env,
+                cwd is null ? null : ResolvePath(baseDirectory, cwd), url, headers, policy);
+    }
+
+    private static GatewayLimits ReadLimits(ConfigNode node, DiagnosticBag diagnostics)
+    {
+        var limits = GatewayLimits.Default;
+        if (node is not ConfigObject obj)
+        {
+            diagnostics.Add(node, $"\"limits\" must be an object, not {node.KindName}");
+            return limits;
+        }
+        var members = new PolicyConfigReader.MemberReader(obj, diagnostics);
+        if (members.Take("maxMessageBytes") is { } max)
+        {
+            if (max is ConfigScalar { IsNumber: true } n && int.TryParse(n.Text, out var bytes) && bytes >= 1024)
+            {
+                limits = limits with { MaxMessageBytes = bytes };
+            }
+            else
+            {
+                diagnostics.Add(max, "\"maxMessageBytes\" must be a whole number of bytes, at least 1024");
+            }
+        }
+        limits = limits with
+        {
+            UpstreamTimeout = ReadDuration(members.Take("upstreamTimeout"), limits.UpstreamTimeout, diagnostics),
+            ConnectTimeout = ReadDuration(members.Take("connectTimeout"), limits.ConnectTimeout, diagnostics),
+            SessionIdleTimeout = ReadDuration(members.Take("sessionIdleTimeout"), limits.SessionIdleTimeout, diagnostics),
+        };
+        if (members.Take("maxSessions") is { } sessions)
+        {
+            if (sessions is ConfigScalar { IsNumber: true } n && int.TryParse(n.Text, out var count) && count >= 1)
+            {
+                limits = limits with { MaxSessions = count };
+            }
+            else
+            {
+                diagnostics.Add(sessions, "\"maxSessions\" must be a whole number, at least 1");
+            }
+        }
+        members.ReportUnknown("maxMessageBytes, upstreamTimeout, connectTimeout, maxSessions, sessionIdleTimeout");
+        return limits;
+    }
+
+    private static TimeSpan ReadDuration(ConfigNode? node, TimeSpan fallback, DiagnosticBag diagnostics)
+    {
+        if (node is null)
+        {
+            return fallback;
+        }
+        if (PolicyConfigReader.TryReadDuration(node, out var value))
+        {
+            return value;
+        }
+        diagnostics.Add(node, $"invalid duration {PolicyConfigReader.Describe(node)}; expected e.g. \"500ms\", \"30s\", \"5m\" or a number of seconds");
+        return fallback;
+    }
+
+    public static bool TryParseListen(string text, out string host, out int port)
+    {
+        host = "";
+        port = 0;
+        var colon = text.LastIndexOf(':');
+        if (colon <= 0 || !int.TryParse(text.AsSpan(colon + 1), out port) || port is < 0 or > 65535)
+        {
+            return false;
+        }
+        host = text[..colon];
+        if (host.StartsWith('[') && host.EndsWith(']'))
+        {
+            host = host[1..^1];
+        }
+        return host.Length > 0 && (host == "localhost" || System.Net.IPAddress.TryParse(host, out _));
+    }
+
+    private static bool IsValidServerName(string name)
+    {
+        if (name.Length is 0 or > 64)
+        {
+            return false;
+        }
+        foreach (var c in name)
+        {
+            if (!(char.IsAsciiLetterOrDigit(c) || c is '-' or '_'))
+            {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    private static string ResolvePath(string baseDirectory, string path) => Path.GetFullPath(Path.Combine(baseDirectory, path));
+
+    private static string? ReadString(ConfigNode node, DiagnosticBag diagnostics)
+    {
+        if (node is ConfigScalar { IsString: true } s)
+        {
+            return s.Text;
+        }
+        diagnostics.Add(node, $"expected a string, found {PolicyConfigReader.Describe(node)}");
+        return null;
+    }
+
+    private static List<string> ReadStringList(ConfigNode node, DiagnosticBag diagnostics)
+    {
+        var result = new List<string>();
+        if (node is not ConfigArray arr)
+        {
+            diagnostics.Add(node, $"expected an array of strings, not {node.KindName}");
+            return result;
+        }
+        foreach (var item in arr.Items)
+        {
+            if (ReadString(item, diagnostics) is { } s)
+            {
+                result.Add(s);
+            }
+        }
+        return result;
+    }
+
+    private static Dictionary<string, string> ReadStringMap(ConfigNode node, Func<string, string?> environment, DiagnosticBag diagnostics)
+    {
+        var result = new Dictionary<string, string>(StringComparer.Ordinal);
+        if (node is not ConfigObject obj)
+        {
+            diagnostics.Add(node, $"expected an object of string values, not {node.KindName}");
+            return result;
+        }
+        foreach (var member in obj.Members)
+        {
+            if (ReadString(member.Value, diagnostics) is { } value && Expand(value, member.Value, environment, diagnostics) is { } expanded)
+            {
+                result[member.Name] = expanded;
+            }
+        }
+        return result;
+    }
+
+    /// <summary>Replaces <c>${NAME}</c> with the variable's value; <c>$${</c> is a literal <c>${</c>. A missing variable is an error (its name only).</summary>
+    internal static string? Expand(string value, ConfigNode node, Func<string, string?> environment, DiagnosticBag diagnostics)
+    {
+        if (!value.Contains('$', StringComparison.Ordinal))
+        {
+            return value;
+        }
+        var sb = new StringBuilder(value.Length);
+        for (var i = 0; i < value.Length; i++)
+        {
+            if (value[i] == '$' && i + 1 < value.Length && value[i + 1] == '$' && i + 2 < value.Length && value[i + 2] == '{')
+            {
+                sb.Append("${");
+                i += 2;
+                continue;
+            }
+            if (value[i] == '$' && i + 1 < value.Length && value[i + 1] == '{')
+            {
+                var end = value.IndexOf('}', i + 2);
+                if (end < 0)
+                {
+                    diagnostics.Add(node, "unterminated ${ in value");
+                    return null;
+                }
+                var name = value[(i + 2)..end];
+                var resolved = name.Length == 0 ? null : environment(name);
+                if (resolved is null)
+                {
+                    diagnostics.Add(node, $"environment variable \"{name}\" is not set");
+                    return null;
+                }
+                sb.Append(resolved);
+                i = end;
+                continue;
+            }
+            sb.Append(value[i]);
+        }
+        return sb.ToString();
+    }
+}

@@ -73,6 +73,43 @@ public class JsonRpcScannerSegmentTests
         }
     }
 
+    [Theory]
+    [InlineData("t")]
+    [InlineData("[tr")]
+    [InlineData("""{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":fals""")]
+    [InlineData("""{"jsonrpc":"2.0","id":1,"method":"ping","params":[true,nul""")]
+    public void Truncated_literal_before_empty_trailing_segments_is_a_parse_error(string json)
+    {
+        // Utf8JsonReader (.NET 10) throws IndexOutOfRangeException on these layouts; Scan must still just reject.
+        byte[] m = Utf8(json);
+        JsonRpcScanner.Scan(m, out JsonRpcScan expected);
+        Assert.Equal(ScanStatus.ParseError, expected.Status);
+        for (int a = 0; a <= m.Length; a++)
+        {
+            foreach (ReadOnlySequence<byte> sequence in new[] { Split(m, a, m.Length), Split(m, a, a, m.Length), Split(m, m.Length, m.Length) })
+            {
+                Assert.Equal(ScanStatus.ParseError, JsonRpcScanner.Scan(sequence, out JsonRpcScan actual));
+                Assert.Equal(Describe(expected), Describe(actual));
+            }
+        }
+    }
+
+    [Fact]
+    public void Every_prefix_split_with_an_empty_last_segment_matches_the_span_scan()
+    {
+        byte[] m = Utf8("""{"jsonrpc":"2.0","id":-1.5e3,"method":"tools/call","params":{"name":"a\u0062","arguments":{"t":true,"f":false,"n":null,"s":"x","a":[1,2]}}}""");
+        for (int length = 0; length <= m.Length; length++)
+        {
+            byte[] prefix = m[..length];
+            JsonRpcScanner.Scan(prefix, out JsonRpcScan expected);
+            for (int a = 0; a <= length; a++)
+            {
+                JsonRpcScanner.Scan(Split(prefix, a, length), out JsonRpcScan actual);
+                Assert.True(Describe(expected) == Describe(actual), $"length {length} split {a}: {Describe(expected)} vs {Describe(actual)}");
+            }
+        }
+    }
+
     [Fact]
     public void Batch_enumeration_is_the_same_over_segments()
     {

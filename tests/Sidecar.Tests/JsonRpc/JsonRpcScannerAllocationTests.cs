@@ -8,7 +8,7 @@ public class JsonRpcScannerAllocationTests
 {
     // ~300 bytes: the common case the gateway sees.
     private static readonly byte[] ToolsCall = Utf8(
-        """{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"search_files","arguments":{"path":"/home/user/projects","pattern":"*.cs","recursive":true,"maxResults":100,"exclude":["bin","obj"]},"_meta":{"progressToken":"abc-123"}}}""");
+        """{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"search_files","arguments":{"path":"/home/user/projects","pattern":"*.cs","recursive":true,"maxResults":100,"exclude":["bin","obj"]},"_meta":{"progressToken":"abc-123","traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}}""");
 
     private static readonly byte[] Escaped = Utf8(
         """{"jsonrpc":"2\u002e0","id":"r\u0031","me\u0074hod":"tools\/call","params":{"n\u0061me":"start\u005fproxy","arguments":{"k\u0065y":"v\u00e9","o":{"p":[1,2]}}}}""");
@@ -19,7 +19,7 @@ public class JsonRpcScannerAllocationTests
     [Fact]
     public void Common_path_allocates_nothing()
     {
-        Assert.Equal(300, ToolsCall.Length, tolerance: 80);
+        Assert.InRange(ToolsCall.Length, 280, 320);
         ReadOnlySequence<byte> single = new(ToolsCall);
         long checksum = Run(ToolsCall, single, 2000); // warm up (tiering, statics, pools)
 

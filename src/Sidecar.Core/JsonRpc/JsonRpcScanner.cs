@@ -58,18 +58,67 @@ public static partial class JsonRpcScanner
     /// <summary>Scans a message that may be split over several segments; a single-segment sequence takes the span path.</summary>
     /// <returns>The same value as <see cref="JsonRpcScan.Status"/>.</returns>
     public static ScanStatus Scan(in ReadOnlySequence<byte> message, out JsonRpcScan scan, JsonRpcScannerOptions? options = null)
-        => message.IsSingleSegment
-            ? Scan(message.FirstSpan, out scan, options)
-            : ScanSegments(message, out scan, options ?? JsonRpcScannerOptions.Default);
+    {
+        if (message.IsSingleSegment)
+        {
+            return Scan(message.FirstSpan, out scan, options);
+        }
+
+        options ??= JsonRpcScannerOptions.Default;
+        if (message.Length > options.MaxMessageBytes)
+        {
+            scan = default;
+            return Reject(ref scan, ScanStatus.TooLarge, Errors.TooLarge, -1);
+        }
+
+        ReadOnlySequence<byte> trimmed = WithoutTrailingEmptySegments(message);
+        return trimmed.IsSingleSegment
+            ? Scan(trimmed.FirstSpan, out scan, options)
+            : ScanSegments(trimmed, out scan, options);
+    }
+
+    /// <summary>
+    /// Drops empty segments at the end of a multi-segment sequence (offsets are unchanged). Utf8JsonReader (.NET 10)
+    /// throws IndexOutOfRangeException instead of JsonException for a literal truncated at the end of the data when
+    /// an empty segment follows it (e.g. segments "[", "tr", ""); without trailing empty segments it reports a JsonException.
+    /// </summary>
+    private static ReadOnlySequence<byte> WithoutTrailingEmptySegments(in ReadOnlySequence<byte> message)
+    {
+        SequencePosition start = message.Start;
+        SequencePosition end = message.End;
+        if (end.GetInteger() != 0
+            || start.GetObject() is not ReadOnlySequenceSegment<byte> first
+            || end.GetObject() is not ReadOnlySequenceSegment<byte> endSegment)
+        {
+            return message;
+        }
+
+        int startIndex = start.GetInteger();
+        ReadOnlySequenceSegment<byte> last = first;
+        int lastEnd = startIndex;
+        for (ReadOnlySequenceSegment<byte>? segment = first; segment is not null; segment = segment.Next)
+        {
+            int from = ReferenceEquals(segment, first) ? startIndex : 0;
+            int to = ReferenceEquals(segment, endSegment) ? 0 : segment.Memory.Length;
+            if (to > from)
+            {
+                last = segment;
+                lastEnd = to;
+            }
+
+            if (ReferenceEquals(segment, endSegment))
+            {
+                break;
+            }
+        }
+
+        return new ReadOnlySequence<byte>(first, startIndex, last, lastEnd);
+    }
 
     private static ScanStatus ScanSegments(in ReadOnlySequence<byte> message, out JsonRpcScan scan, JsonRpcScannerOptions options)
     {
         scan = default;
         scan.ErrorOffset = -1;
-        if (message.Length > options.MaxMessageBytes)
-        {
-            return Reject(ref scan, ScanStatus.TooLarge, Errors.TooLarge, -1);
-        }
 
         if (!Utf8Validation.IsValid(message))
         {
@@ -89,6 +138,12 @@ public static partial class JsonRpcScanner
         catch (InvalidOperationException)
         {
             return Reject(ref scan, ScanStatus.ParseError, Errors.BadSurrogate, reader.TokenStartIndex);
+        }
+        catch (IndexOutOfRangeException)
+        {
+            // Safety net for the multi-segment reader's truncated-literal bug (see WithoutTrailingEmptySegments):
+            // Scan must reject, never throw. That bug only fires at the end of the data.
+            return Reject(ref scan, ScanStatus.ParseError, Errors.Syntax, message.Length);
         }
         finally
         {

@@ -184,6 +184,23 @@ public class JsonRpcScannerAdversarialTests
     }
 
     [Fact]
+    public void Error_offsets_point_at_the_offending_token()
+    {
+        string json = """{"jsonrpc":"2.0","id":1,"method":"ping","params":{"ok":1,"b\ud800":2}}""";
+        Assert.Equal(json.IndexOf("\"b\\", StringComparison.Ordinal), Scan(json).ErrorOffset);
+
+        json = """{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":1,"b":2,"a":3}}""";
+        Assert.Equal(json.LastIndexOf("\"a\"", StringComparison.Ordinal), Scan(json).ErrorOffset);
+
+        string body = string.Join(",", Enumerable.Range(0, 30).Select(i => $"\"k{i}\":{i}")) + ",\"k7\":0,\"z\":1";
+        json = """{"jsonrpc":"2.0","id":1,"method":"ping","params":{""" + body + "}}";
+        Assert.Equal(json.LastIndexOf("\"k7\"", StringComparison.Ordinal), Scan(json).ErrorOffset);
+
+        json = """{"jsonrpc":"2.0","id":1,"method":"ping","params":[[[1]]]}""";
+        Assert.Equal(json.IndexOf("[[1", StringComparison.Ordinal) + 1, Scan(json, new JsonRpcScannerOptions { MaxDepth = 3 }).ErrorOffset);
+    }
+
+    [Fact]
     public void Unpaired_surrogates_in_opaque_values_are_forwarded()
     {
         // The scanner never interprets these values; they are passed on byte for byte.

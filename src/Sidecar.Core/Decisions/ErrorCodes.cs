@@ -1,0 +1,49 @@
+namespace Sidecar.Decisions;
+
+/// <summary>
+/// JSON-RPC error codes the gateway returns. Decisions use distinct codes in -32010..-32019 (inside the
+/// implementation-defined server range -32000..-32099, clear of -32000/-32001 that SDKs use for connection closed and
+/// request timeout, -32002 (resource not found) and -32020..-32099 that MCP 2026-07-28 reserves).
+/// Protocol failures keep JSON-RPC's own codes.
+/// </summary>
+public static class ErrorCodes
+{
+    /// <summary>Denied by policy: an explicit deny, <c>hide</c>, the default, or a <c>deny_if</c> condition.</summary>
+    public const int PolicyDenied = -32010;
+
+    /// <summary>A rate limit has no room; <c>error.data.retryAfterMs</c> says when it will.</summary>
+    public const int RateLimited = -32011;
+
+    /// <summary>The tool requires a human approval that was not (yet) given.</summary>
+    public const int ApprovalRequired = -32012;
+
+    /// <summary>An approval was asked for and refused, or not given before <c>approval_timeout</c>.</summary>
+    public const int ApprovalDenied = -32013;
+
+    /// <summary>The arguments fail a <c>require</c> condition, or a limit's <c>increment_from</c> is missing or negative.</summary>
+    public const int InvalidArguments = -32014;
+
+    /// <summary>The upstream server could not be reached, crashed, or closed the session.</summary>
+    public const int UpstreamUnavailable = -32016;
+
+    /// <summary>The upstream server did not answer in time.</summary>
+    public const int UpstreamTimeout = -32017;
+
+    public const int ParseError = -32700;
+    public const int InvalidRequest = -32600;
+    public const int MethodNotFound = -32601;
+    public const int InvalidParams = -32602;
+    public const int InternalError = -32603;
+
+    /// <summary>Generic server error used by Streamable HTTP for transport-level problems (bad session, bad headers).</summary>
+    public const int ServerError = -32000;
+
+    public static int For(DecisionOutcome outcome) => outcome switch
+    {
+        DecisionOutcome.Deny => PolicyDenied,
+        DecisionOutcome.RateLimited => RateLimited,
+        DecisionOutcome.RequireApproval => ApprovalRequired,
+        DecisionOutcome.InvalidArguments => InvalidArguments,
+        _ => InternalError,
+    };
+}

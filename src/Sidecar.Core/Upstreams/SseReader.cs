@@ -1,0 +1,323 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Text;
+
+namespace Sidecar.Upstreams;
+
+internal enum SseReadKind : byte
+{
+    /// <summary>An event with non-empty data was dispatched.</summary>
+    Event,
+
+    /// <summary>An event (or a line) exceeded the size limit and was discarded.</summary>
+    TooLarge,
+
+    /// <summary>The stream ended (an unterminated last event is discarded, as the SSE spec says).</summary>
+    End,
+}
+
+/// <summary>One dispatched server-sent event. <see cref="Data"/> is a fresh array the caller owns.</summary>
+internal readonly record struct SseEvent(SseReadKind Kind, string? Type, byte[]? Data)
+{
+    /// <summary>True for the default <c>message</c> type (no <c>event:</c> field, or <c>event: message</c>).</summary>
+    public bool IsMessage => Type is null or SseReader.MessageType;
+}
+
+/// <summary>
+/// An incremental <c>text/event-stream</c> parser (WHATWG HTML "server-sent events" interpretation) over a
+/// <see cref="PipeReader"/>: lines end in CRLF, LF or CR; <c>:</c> starts a comment; <c>data</c> lines are joined
+/// with LF; <c>event</c>, <c>id</c> and <c>retry</c> are honoured; a blank line dispatches; events with empty data are
+/// not dispatched. Memory is bounded: an event whose data exceeds <c>maxEventBytes</c>, or a line longer than that,
+/// is skipped without being buffered (reported as <see cref="SseReadKind.TooLarge"/>).
+/// </summary>
+internal sealed class SseReader : IAsyncDisposable
+{
+    public const string MessageType = "message";
+    public const string EndpointType = "endpoint";
+
+    private const int MaxIdBytes = 1024;
+    private const int MaxTypeBytes = 256;
+
+    private readonly PipeReader _reader;
+    private readonly int _maxEventBytes;
+    private readonly int _maxLineBytes;
+    private byte[] _data = [];
+    private int _dataLength;
+    private bool _dataTooLarge;
+    private string? _type;
+    private readonly byte[] _id = new byte[MaxIdBytes];
+    private int _idLength = -1;
+    private string? _idString;
+    private bool _skippingLine;
+    private bool _pendingCr;
+    private bool _bomChecked;
+
+    public SseReader(Stream stream, int maxEventBytes)
+    {
+        _reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 16 * 1024, minimumReadSize: 4096, leaveOpen: true));
+        _maxEventBytes = maxEventBytes;
+        _maxLineBytes = maxEventBytes + 16; // "data: " and friends
+    }
+
+    /// <summary>The last event ID the stream set (for <c>Last-Event-ID</c> on reconnection), or null.</summary>
+    public string? LastEventId
+    {
+        get
+        {
+            if (_idLength <= 0)
+            {
+                return null;
+            }
+            return _idString ??= Encoding.UTF8.GetString(_id, 0, _idLength);
+        }
+    }
+
+    /// <summary>The reconnection time the stream asked for (<c>retry:</c>), or null.</summary>
+    public int? RetryMilliseconds { get; private set; }
+
+    public async ValueTask<SseEvent> ReadAsync(CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            var result = await _reader.ReadAsync(cancellationToken).ConfigureAwait(false);
+            var buffer = result.Buffer;
+            var outcome = Parse(ref buffer, result.IsCompleted);
+            if (outcome.HasValue)
+            {
+                _reader.AdvanceTo(buffer.Start);
+                return outcome.Value;
+            }
+            _reader.AdvanceTo(buffer.Start, buffer.End);
+            if (result.IsCompleted)
+            {
+                return new SseEvent(SseReadKind.End, null, null);
+            }
+        }
+    }
+
+    /// <summary>Processes complete lines; returns an outcome as soon as one is ready.</summary>
+    private SseEvent? Parse(ref ReadOnlySequence<byte> buffer, bool completed)
+    {
+        if (!_bomChecked)
+        {
+            if (buffer.Length < 3 && !completed)
+            {
+                var prefix = (Span<byte>)stackalloc byte[3];
+                buffer.CopyTo(prefix);
+                if (((ReadOnlySpan<byte>)"\uFEFF"u8)[..(int)buffer.Length].SequenceEqual(prefix[..(int)buffer.Length]))
+                {
+                    return null; // could still be a BOM: wait for more
+                }
+            }
+            _bomChecked = true;
+            if (buffer.Length >= 3)
+            {
+                var first = (Span<byte>)stackalloc byte[3];
+                buffer.Slice(0, 3).CopyTo(first);
+                if (first.SequenceEqual("\uFEFF"u8))
+                {
+                    buffer = buffer.Slice(3);
+                }
+            }
+        }
+
+        while (!buffer.IsEmpty)
+        {
+            if (_pendingCr)
+            {
+                _pendingCr = false;
+                if (buffer.FirstSpan[0] == (byte)'\n')
+                {
+                    buffer = buffer.Slice(1);
+                    continue;
+                }
+            }
+
+            var reader = new SequenceReader<byte>(buffer);
+            if (!reader.TryReadToAny(out ReadOnlySequence<byte> line, "\r\n"u8, advancePastDelimiter: false))
+            {
+                // No complete line yet. Never buffer more than one line's worth.
+                if (_skippingLine || buffer.Length > _maxLineBytes)
+                {
+                    if (!_skippingLine)
+                    {
+                        _skippingLine = true;
+                        _dataTooLarge = true;
+                    }
+                    buffer = buffer.Slice(buffer.End);
+                }
+                return null;
+            }
+
+            reader.TryRead(out var terminator);
+            _pendingCr = terminator == (byte)'\r';
+            buffer = buffer.Slice(reader.Position);
+
+            if (_skippingLine)
+            {
+                _skippingLine = false; // the tail of an over-long line
+                continue;
+            }
+            if (line.Length > _maxLineBytes)
+            {
+                _dataTooLarge = true;
+                continue;
+            }
+            if (ProcessLine(line) is { } outcome)
+            {
+                return outcome;
+            }
+        }
+        return null;
+    }
+
+    private SseEvent? ProcessLine(ReadOnlySequence<byte> line)
+    {
+        if (line.IsEmpty)
+        {
+            return Dispatch();
+        }
+        var first = line.FirstSpan[0];
+        if (first == (byte)':')
+        {
+            return null; // comment
+        }
+
+        ReadOnlySequence<byte> field;
+        ReadOnlySequence<byte> value;
+        if (line.PositionOf((byte)':') is { } colon)
+        {
+            field = line.Slice(0, colon);
+            value = line.Slice(line.GetPosition(1, colon));
+            if (!value.IsEmpty && value.FirstSpan[0] == (byte)' ')
+            {
+                value = value.Slice(1);
+            }
+        }
+        else
+        {
+            field = line;
+            value = default;
+        }
+        if (field.Length > 5)
+        {
+            return null; // not one of ours: ignored, as the spec says
+        }
+        var name = (Span<byte>)stackalloc byte[5];
+        field.CopyTo(name);
+        name = name[..(int)field.Length];
+
+        if (name.SequenceEqual("data"u8))
+        {
+            AppendData(value);
+        }
+        else if (name.SequenceEqual("event"u8))
+        {
+            _type = value.Length > MaxTypeBytes ? null : TypeName(value);
+        }
+        else if (name.SequenceEqual("id"u8))
+        {
+            if (value.PositionOf((byte)0) is null && value.Length <= MaxIdBytes)
+            {
+                value.CopyTo(_id);
+                _idLength = (int)value.Length;
+                _idString = null;
+            }
+        }
+        else if (name.SequenceEqual("retry"u8))
+        {
+            if (value.Length is > 0 and <= 9)
+            {
+                var digits = (Span<byte>)stackalloc byte[9];
+                value.CopyTo(digits);
+                digits = digits[..(int)value.Length];
+                var ms = 0;
+                foreach (var d in digits)
+                {
+                    if (d is < (byte)'0' or > (byte)'9')
+                    {
+                        return null;
+                    }
+                    ms = (ms * 10) + (d - '0');
+                }
+                RetryMilliseconds = ms;
+            }
+        }
+        return null;
+    }
+
+    private void AppendData(ReadOnlySequence<byte> value)
+    {
+        if (_dataTooLarge)
+        {
+            return;
+        }
+        var needed = _dataLength + (int)value.Length + 1;
+        if (needed - 1 > _maxEventBytes)
+        {
+            _dataTooLarge = true;
+            return;
+        }
+        if (needed > _data.Length)
+        {
+            var grown = ArrayPool<byte>.Shared.Rent(Math.Max(needed, Math.Min(_maxEventBytes + 1, Math.Max(4096, _data.Length * 2))));
+            _data.AsSpan(0, _dataLength).CopyTo(grown);
+            ReturnData();
+            _data = grown;
+        }
+        value.CopyTo(_data.AsSpan(_dataLength));
+        _dataLength += (int)value.Length;
+        _data[_dataLength++] = (byte)'\n';
+    }
+
+    private SseEvent? Dispatch()
+    {
+        var type = _type;
+        _type = null;
+        if (_dataTooLarge)
+        {
+            _dataTooLarge = false;
+            _dataLength = 0;
+            return new SseEvent(SseReadKind.TooLarge, type, null);
+        }
+        if (_dataLength == 0)
+        {
+            return null;
+        }
+        var data = _data.AsSpan(0, _dataLength - 1).ToArray(); // without the last LF
+        _dataLength = 0;
+        return new SseEvent(SseReadKind.Event, type, data);
+    }
+
+    private static string TypeName(ReadOnlySequence<byte> value)
+    {
+        if (value.IsSingleSegment)
+        {
+            var span = value.FirstSpan;
+            if (span.SequenceEqual("message"u8))
+            {
+                return MessageType;
+            }
+            if (span.SequenceEqual("endpoint"u8))
+            {
+                return EndpointType;
+            }
+        }
+        return Encoding.UTF8.GetString(value);
+    }
+
+    private void ReturnData()
+    {
+        if (_data.Length > 0)
+        {
+            ArrayPool<byte>.Shared.Return(_data);
+        }
+        _data = [];
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _reader.CompleteAsync().ConfigureAwait(false);
+        ReturnData();
+    }
+}

@@ -8,6 +8,7 @@ public static class SidecarCli
     public static RootCommand Build()
     {
         var root = new RootCommand("Sidecar: an MCP policy gateway. Every tool call an agent makes passes the rules first.");
+        root.Subcommands.Add(RunCommand.Create());
         root.Subcommands.Add(ValidateCommand.Create());
         root.Subcommands.Add(ExplainCommand.Create());
         return root;

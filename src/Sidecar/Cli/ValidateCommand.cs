@@ -11,10 +11,10 @@ internal static class ValidateCommand
     {
         var files = new Argument<string[]>("files")
         {
-            Description = "Policy files (JSON) to check",
+            Description = "Policy files, or config files (a file with \"mcpServers\" is a config: it and every policy it names are checked)",
             Arity = ArgumentArity.OneOrMore,
         };
-        var command = new Command("validate", "Check policy files and report every error with its path and line");
+        var command = new Command("validate", "Check policy and config files and report every error with its path and line");
         command.Arguments.Add(files);
         command.SetAction(parse =>
         {
@@ -25,6 +25,22 @@ internal static class ValidateCommand
             {
                 try
                 {
+                    if (IsConfigFile(file))
+                    {
+                        var config = SidecarConfigReader.LoadFile(file);
+                        output.WriteLine($"{file}: ok (config: {config.Servers.Count} server{(config.Servers.Count == 1 ? "" : "s")}, listen {config.Listen})");
+                        foreach (var server in config.Servers)
+                        {
+                            if (server.PolicyPath is null)
+                            {
+                                output.WriteLine($"  {server.Name}: no policy: every call will be denied");
+                                continue;
+                            }
+                            var policy = PolicyCompiler.LoadFile(server.PolicyPath, server.Name);
+                            output.WriteLine($"  {server.Name}: {server.PolicyPath}: ok ({Summarize(policy)})");
+                        }
+                        continue;
+                    }
                     var model = PolicyCompiler.LoadFile(file);
                     output.WriteLine($"{file}: ok ({Summarize(model)})");
                 }
@@ -41,6 +57,20 @@ internal static class ValidateCommand
             return failed == 0 ? 0 : 1;
         });
         return command;
+    }
+
+    /// <summary>A config file is a JSON object with an <c>mcpServers</c> member; anything else is read as a policy.</summary>
+    private static bool IsConfigFile(string file)
+    {
+        try
+        {
+            var root = ConfigJsonParser.Parse(File.ReadAllBytes(file), new DiagnosticBag(file));
+            return root is ConfigObject obj && obj["mcpServers"] is not null;
+        }
+        catch (IOException)
+        {
+            return false;
+        }
     }
 
     internal static string Summarize(PolicyModel model)

@@ -1,0 +1,71 @@
+using System.CommandLine;
+using System.Reflection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Sidecar.Configuration;
+using Sidecar.Gateway;
+
+namespace Sidecar.Cli;
+
+/// <summary>
+/// <c>sidecar run [--config sidecar.json]</c>: the gateway daemon. Without a config (and without SIDECAR_CONFIG) it
+/// runs the embedded default: server-everything over stdio behind an example policy, in-memory limits.
+/// </summary>
+internal static class RunCommand
+{
+    public static Command Create()
+    {
+        var config = new Option<string?>("--config", "-c") { Description = "Config file (default: $SIDECAR_CONFIG, else the embedded example)" };
+        var logLevel = new Option<LogLevel>("--log-level") { Description = "Trace, Debug, Information, Warning, Error", DefaultValueFactory = _ => LogLevel.Information };
+        var command = new Command("run", "Run the gateway");
+        command.Options.Add(config);
+        command.Options.Add(logLevel);
+        command.SetAction(async (parse, cancellationToken) =>
+        {
+            var error = parse.InvocationConfiguration.Error;
+            var path = parse.GetValue(config) ?? Environment.GetEnvironmentVariable("SIDECAR_CONFIG");
+            SidecarConfig loaded;
+            try
+            {
+                path ??= WriteDefaults();
+                loaded = SidecarConfigReader.LoadFile(path);
+                foreach (var server in loaded.Servers)
+                {
+                    ServerRuntime.LoadPolicy(server); // every policy must be valid before we listen
+                }
+            }
+            catch (ConfigValidationException ex)
+            {
+                foreach (var d in ex.Diagnostics)
+                {
+                    error.WriteLine(d.ToString());
+                }
+                return 1;
+            }
+
+            await using var app = GatewayHost.Build(loaded, parse.GetValue(logLevel));
+            var logger = app.Services.GetService(typeof(ILoggerFactory)) is ILoggerFactory f ? f.CreateLogger("Sidecar") : null;
+            logger?.LogInformation("Sidecar listening on http://{Listen} with config {Config}; endpoints /servers/{{name}}/mcp and /servers/{{name}}/sse",
+                loaded.Listen, path);
+            await app.StartAsync(cancellationToken).ConfigureAwait(false);
+            await app.WaitForShutdownAsync(cancellationToken).ConfigureAwait(false);
+            return 0;
+        });
+        return command;
+    }
+
+    /// <summary>Writes the embedded default config and policy to a private folder and returns the config's path.</summary>
+    internal static string WriteDefaults()
+    {
+        var folder = Path.Combine(Path.GetTempPath(), $"sidecar-defaults-{Environment.UserName}");
+        Directory.CreateDirectory(folder);
+        foreach (var name in new[] { "sidecar.default.json", "everything.policy.json" })
+        {
+            using var resource = Assembly.GetExecutingAssembly().GetManifestResourceStream(name)
+                ?? throw new InvalidOperationException($"embedded resource {name} is missing");
+            using var file = File.Create(Path.Combine(folder, name));
+            resource.CopyTo(file);
+        }
+        return Path.Combine(folder, "sidecar.default.json");
+    }
+}

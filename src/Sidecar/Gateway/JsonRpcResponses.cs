@@ -1,0 +1,179 @@
+using System.Buffers;
+using System.Text;
+using System.Text.Json;
+using Sidecar.Decisions;
+
+namespace Sidecar.Gateway;
+
+/// <summary>Builds the messages the gateway itself sends: errors, blocked-call answers, re-initialization.</summary>
+internal static class JsonRpcResponses
+{
+    /// <summary>Relaxed escaping: these messages are JSON for MCP clients, never embedded in HTML.</summary>
+    internal static readonly JsonWriterOptions s_writerOptions = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    /// <summary><c>{"jsonrpc":"2.0","id":ID,"error":{"code":C,"message":M}}</c>; a null or empty id is written as <c>null</c>.</summary>
+    public static byte[] Error(ReadOnlySpan<byte> rawId, int code, string message)
+    {
+        var buffer = new ArrayBufferWriter<byte>(256);
+        using (var writer = new Utf8JsonWriter(buffer, s_writerOptions))
+        {
+            writer.WriteStartObject();
+            writer.WriteString("jsonrpc"u8, "2.0"u8);
+            WriteId(writer, rawId);
+            writer.WriteStartObject("error"u8);
+            writer.WriteNumber("code"u8, code);
+            writer.WriteString("message"u8, message);
+            writer.WriteEndObject();
+            writer.WriteEndObject();
+        }
+        return buffer.WrittenSpan.ToArray();
+    }
+
+    /// <summary>The answer to a blocked <c>tools/call</c>: a JSON-RPC error with <c>error.data</c>, or an <c>isError</c> tool result.</summary>
+    public static byte[] Blocked(ReadOnlySpan<byte> rawId, string server, string tool, in Decision decision, bool asToolResult)
+    {
+        var message = BlockedMessage(tool, decision);
+        var buffer = new ArrayBufferWriter<byte>(512);
+        using (var writer = new Utf8JsonWriter(buffer, s_writerOptions))
+        {
+            writer.WriteStartObject();
+            writer.WriteString("jsonrpc"u8, "2.0"u8);
+            WriteId(writer, rawId);
+            if (asToolResult)
+            {
+                writer.WriteStartObject("result"u8);
+                writer.WriteStartArray("content"u8);
+                writer.WriteStartObject();
+                writer.WriteString("type"u8, "text"u8);
+                writer.WriteString("text"u8, message);
+                writer.WriteEndObject();
+                writer.WriteEndArray();
+                writer.WriteBoolean("isError"u8, true);
+                writer.WriteStartObject("_meta"u8);
+                writer.WritePropertyName("sidecar/decision"u8);
+                WriteData(writer, server, tool, decision, ErrorCodes.For(decision.Outcome));
+                writer.WriteEndObject();
+                writer.WriteEndObject();
+            }
+            else
+            {
+                writer.WriteStartObject("error"u8);
+                writer.WriteNumber("code"u8, ErrorCodes.For(decision.Outcome));
+                writer.WriteString("message"u8, message);
+                writer.WritePropertyName("data"u8);
+                WriteData(writer, server, tool, decision, null);
+                writer.WriteEndObject();
+            }
+            writer.WriteEndObject();
+        }
+        return buffer.WrittenSpan.ToArray();
+    }
+
+    public static string BlockedMessage(string tool, in Decision decision) => decision.Outcome switch
+    {
+        DecisionOutcome.RateLimited => $"Tool \"{tool}\" is rate limited: {decision.Reason}"
+            + (decision.RetryAfterMs >= 0 ? $" (retry in {decision.RetryAfterMs} ms)" : ""),
+        DecisionOutcome.RequireApproval => $"Tool \"{tool}\" requires approval: {decision.Reason}; no approver is configured on this gateway, so the call was not made",
+        DecisionOutcome.InvalidArguments => $"Tool \"{tool}\" was called with arguments the policy does not accept: {decision.Reason}",
+        _ => $"Tool \"{tool}\" denied by policy: {decision.Reason}",
+    };
+
+    private static void WriteData(Utf8JsonWriter writer, string server, string tool, in Decision decision, int? code)
+    {
+        writer.WriteStartObject();
+        if (code is { } c)
+        {
+            writer.WriteNumber("code"u8, c);
+        }
+        writer.WriteString("tool"u8, tool);
+        writer.WriteString("server"u8, server);
+        writer.WriteString("decision"u8, DecisionNames.Of(decision.Outcome));
+        writer.WriteString("rule"u8, decision.Rule);
+        writer.WriteString("reason"u8, decision.Reason);
+        if (decision.RetryAfterMs >= 0)
+        {
+            writer.WriteNumber("retryAfterMs"u8, decision.RetryAfterMs);
+        }
+        if (decision.Remaining >= 0)
+        {
+            writer.WriteNumber("remaining"u8, decision.Remaining);
+        }
+        writer.WriteEndObject();
+    }
+
+    /// <summary>A request the gateway sends on its own behalf, e.g. re-initializing a respawned upstream.</summary>
+    public static byte[] Request(string id, string method, ReadOnlySpan<byte> rawParams)
+    {
+        var buffer = new ArrayBufferWriter<byte>(rawParams.Length + 96);
+        using (var writer = new Utf8JsonWriter(buffer, s_writerOptions))
+        {
+            writer.WriteStartObject();
+            writer.WriteString("jsonrpc"u8, "2.0"u8);
+            writer.WriteString("id"u8, id);
+            writer.WriteString("method"u8, method);
+            if (!rawParams.IsEmpty)
+            {
+                writer.WritePropertyName("params"u8);
+                writer.WriteRawValue(rawParams, skipInputValidation: true);
+            }
+            writer.WriteEndObject();
+        }
+        return buffer.WrittenSpan.ToArray();
+    }
+
+    public static readonly byte[] InitializedNotification = Encoding.UTF8.GetBytes("""{"jsonrpc":"2.0","method":"notifications/initialized"}""");
+
+    /// <summary><c>notifications/cancelled</c> for a request the gateway gave up on.</summary>
+    public static byte[] Cancelled(ReadOnlySpan<byte> rawId, string reason)
+    {
+        var buffer = new ArrayBufferWriter<byte>(128);
+        using (var writer = new Utf8JsonWriter(buffer, s_writerOptions))
+        {
+            writer.WriteStartObject();
+            writer.WriteString("jsonrpc"u8, "2.0"u8);
+            writer.WriteString("method"u8, "notifications/cancelled"u8);
+            writer.WriteStartObject("params"u8);
+            writer.WritePropertyName("requestId"u8);
+            writer.WriteRawValue(rawId, skipInputValidation: true);
+            writer.WriteString("reason"u8, reason);
+            writer.WriteEndObject();
+            writer.WriteEndObject();
+        }
+        return buffer.WrittenSpan.ToArray();
+    }
+
+    /// <summary>Returns <paramref name="message"/> with the id token at <paramref name="idRange"/> replaced by <paramref name="rawId"/>.</summary>
+    public static byte[] ReplaceId(ReadOnlySpan<byte> message, int idStart, int idLength, ReadOnlySpan<byte> rawId)
+    {
+        var result = new byte[message.Length - idLength + rawId.Length];
+        message[..idStart].CopyTo(result);
+        rawId.CopyTo(result.AsSpan(idStart));
+        message[(idStart + idLength)..].CopyTo(result.AsSpan(idStart + rawId.Length));
+        return result;
+    }
+
+    private static void WriteId(Utf8JsonWriter writer, ReadOnlySpan<byte> rawId)
+    {
+        writer.WritePropertyName("id"u8);
+        if (rawId.IsEmpty)
+        {
+            writer.WriteNullValue();
+        }
+        else
+        {
+            writer.WriteRawValue(rawId, skipInputValidation: true);
+        }
+    }
+}
+
+internal static class DecisionNames
+{
+    public static string Of(DecisionOutcome outcome) => outcome switch
+    {
+        DecisionOutcome.Allow => "allow",
+        DecisionOutcome.Deny => "deny",
+        DecisionOutcome.RateLimited => "rate_limited",
+        DecisionOutcome.RequireApproval => "require_approval",
+        _ => "invalid_arguments",
+    };
+}

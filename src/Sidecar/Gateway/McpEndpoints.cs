@@ -1,0 +1,647 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Text;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Logging;
+using Sidecar.Decisions;
+using Sidecar.JsonRpc;
+
+namespace Sidecar.Gateway;
+
+/// <summary>
+/// The agent side: Streamable HTTP (<c>POST|GET|DELETE /servers/{name}/mcp</c>) and legacy HTTP+SSE
+/// (<c>GET /servers/{name}/sse</c> + <c>POST /servers/{name}/message?sessionId=</c>).
+/// </summary>
+internal sealed class McpEndpoints(Gateway gateway, ILogger logger)
+{
+    private const string SessionHeader = "Mcp-Session-Id";
+    private static readonly TimeSpan KeepAliveInterval = TimeSpan.FromSeconds(15);
+    private static readonly byte[] LatestProtocolVersionHeader = "2026-07-28"u8.ToArray();
+
+    // ---- Streamable HTTP -------------------------------------------------------------------------------------
+
+    public async Task PostAsync(HttpContext context)
+    {
+        var server = await PrepareAsync(context).ConfigureAwait(false);
+        if (server is null)
+        {
+            return;
+        }
+        var request = context.Request;
+        if (!HttpGuards.Accepts(request, "application/json") || !HttpGuards.Accepts(request, "text/event-stream"))
+        {
+            await WriteErrorAsync(context, StatusCodes.Status406NotAcceptable, ErrorCodes.ServerError,
+                "Not Acceptable: the client must accept both application/json and text/event-stream").ConfigureAwait(false);
+            return;
+        }
+        if (!HttpGuards.IsJsonContent(request))
+        {
+            await WriteErrorAsync(context, StatusCodes.Status415UnsupportedMediaType, ErrorCodes.ServerError,
+                "Unsupported Media Type: Content-Type must be application/json").ConfigureAwait(false);
+            return;
+        }
+
+        var body = await ReadBodyAsync(context, gateway.Options.Limits.MaxMessageBytes).ConfigureAwait(false);
+        if (body.Error is not null)
+        {
+            await WriteErrorAsync(context, body.Status, ErrorCodes.InvalidRequest, body.Error).ConfigureAwait(false);
+            return;
+        }
+        try
+        {
+            await HandlePostAsync(context, server, body.Buffer).ConfigureAwait(false);
+        }
+        finally
+        {
+            request.BodyReader.AdvanceTo(body.Buffer.End);
+        }
+    }
+
+    private async Task HandlePostAsync(HttpContext context, ServerRuntime server, ReadOnlySequence<byte> body)
+    {
+        var request = context.Request;
+        var status = JsonRpcScanner.Scan(body, out var scan, gateway.Options.Scanner);
+        if (status != ScanStatus.Ok && !(status == ScanStatus.InvalidParams && scan.Kind == JsonRpcMessageKind.Request))
+        {
+            await WriteScanErrorAsync(context, scan).ConfigureAwait(false);
+            return;
+        }
+        if (scan.Kind == JsonRpcMessageKind.Notification && scan.Method == McpMethod.ToolsCall)
+        {
+            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.InvalidRequest,
+                "Invalid Request: tools/call must be a request with an id, not a notification").ConfigureAwait(false);
+            return;
+        }
+
+        var version = request.Headers["MCP-Protocol-Version"];
+        if (version.Count == 1 && version[0] == "2026-07-28")
+        {
+            // The stateless era: this gateway serves upstreams in the session era; say so the way dual-era clients
+            // (the official C# client probes server/discover first) understand at once, and they fall back to initialize.
+            await WriteUnsupportedVersionAsync(context, scan.Kind == JsonRpcMessageKind.Request ? body.Slice(scan.Id.Start, scan.Id.Length).ToArray() : []).ConfigureAwait(false);
+            return;
+        }
+        if (HttpGuards.CheckProtocolVersion(request) is { } versionError)
+        {
+            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.ServerError, versionError).ConfigureAwait(false);
+            return;
+        }
+
+        var sessionIds = request.Headers[SessionHeader];
+        if (sessionIds.Count > 1)
+        {
+            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.ServerError, "Bad Request: more than one Mcp-Session-Id header").ConfigureAwait(false);
+            return;
+        }
+
+        AgentSession? session;
+        var isInitialize = scan.Kind == JsonRpcMessageKind.Request && scan.Method == McpMethod.Initialize;
+        if (isInitialize)
+        {
+            if (sessionIds.Count == 1)
+            {
+                await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.InvalidRequest,
+                    "Invalid Request: initialize starts a new session and must not carry Mcp-Session-Id").ConfigureAwait(false);
+                return;
+            }
+            session = gateway.CreateSession(server, legacy: false);
+            if (session is null)
+            {
+                await WriteErrorAsync(context, StatusCodes.Status503ServiceUnavailable, ErrorCodes.ServerError,
+                    "Service Unavailable: too many sessions").ConfigureAwait(false);
+                return;
+            }
+        }
+        else if (sessionIds.Count == 0)
+        {
+            var message = scan.Kind == JsonRpcMessageKind.Request && scan.Method == McpMethod.ServerDiscover
+                ? "Method not found: server/discover; this server uses initialize (protocol versions " + string.Join(", ", HttpGuards.SupportedProtocolVersions) + ")"
+                : "Bad Request: Mcp-Session-Id header is required (send initialize first)";
+            var code = scan.Method == McpMethod.ServerDiscover ? ErrorCodes.MethodNotFound : ErrorCodes.ServerError;
+            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, code, message,
+                scan.Kind == JsonRpcMessageKind.Request ? body.Slice(scan.Id.Start, scan.Id.Length).ToArray() : null).ConfigureAwait(false);
+            return;
+        }
+        else if (!server.Sessions.TryGetValue(sessionIds[0]!, out session) || session.IsDisposed || session.Legacy)
+        {
+            await WriteErrorAsync(context, StatusCodes.Status404NotFound, ErrorCodes.ServerError, "Not Found: unknown or expired session").ConfigureAwait(false);
+            return;
+        }
+
+        var useSse = HttpGuards.Accepts(request, "text/event-stream") && WantsStream(body, scan);
+        var sink = new MessageSink(isStream: false, acceptsRelatedMessages: useSse);
+        var expected = 0;
+        var isBatch = scan.Kind == JsonRpcMessageKind.Batch;
+        try
+        {
+            if (isBatch)
+            {
+                foreach (var range in BatchRanges(body))
+                {
+                    var element = body.Slice(range.Start, range.Length);
+                    expected += await ProcessBatchElementAsync(session, element, sink, context.RequestAborted).ConfigureAwait(false) ? 1 : 0;
+                }
+            }
+            else
+            {
+                expected = await session.ProcessAsync(body, scan, sink, context.RequestAborted).ConfigureAwait(false) ? 1 : 0;
+            }
+        }
+        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        {
+            session.Abandon(sink);
+            return;
+        }
+
+        if (expected == 0)
+        {
+            context.Response.StatusCode = StatusCodes.Status202Accepted;
+            return;
+        }
+
+        if (isInitialize)
+        {
+            context.Response.Headers[SessionHeader] = session.Id;
+        }
+        if (useSse)
+        {
+            await WriteSseResponseAsync(context, session, sink, expected).ConfigureAwait(false);
+        }
+        else
+        {
+            await WriteJsonResponseAsync(context, session, sink, expected, isBatch).ConfigureAwait(false);
+        }
+        if (isInitialize && !session.IsInitialized)
+        {
+            // The upstream refused initialize (or never answered): no session to keep.
+            await session.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>The element ranges of a scanned batch (collected first: the enumerator can't live across awaits).</summary>
+    private static List<TokenRange> BatchRanges(ReadOnlySequence<byte> body)
+    {
+        var ranges = new List<TokenRange>();
+        foreach (var range in JsonRpcScanner.EnumerateBatch(body))
+        {
+            ranges.Add(range);
+        }
+        return ranges;
+    }
+
+    private async ValueTask<bool> ProcessBatchElementAsync(AgentSession session, ReadOnlySequence<byte> element, MessageSink sink, CancellationToken cancellationToken)
+    {
+        var status = JsonRpcScanner.Scan(element, out var scan, gateway.Options.Scanner);
+        if (status != ScanStatus.Ok && !(status == ScanStatus.InvalidParams && scan.Kind == JsonRpcMessageKind.Request))
+        {
+            var rawId = scan.IdKind is JsonRpcIdKind.String or JsonRpcIdKind.Number ? element.Slice(scan.Id.Start, scan.Id.Length).ToArray() : null;
+            sink.TryWrite(JsonRpcResponses.Error(rawId, ScanErrorCode(status), ScanErrorMessage(scan)), true);
+            return true;
+        }
+        if (scan.Kind == JsonRpcMessageKind.Request && scan.Method == McpMethod.Initialize)
+        {
+            sink.TryWrite(JsonRpcResponses.Error(element.Slice(scan.Id.Start, scan.Id.Length).ToArray(), ErrorCodes.InvalidRequest,
+                "Invalid Request: initialize cannot be part of a batch"), true);
+            return true;
+        }
+        if (scan.Kind == JsonRpcMessageKind.Notification && scan.Method == McpMethod.ToolsCall)
+        {
+            logger.LogWarning("Refused a tools/call notification inside a batch for {Server}", session.Server.Name);
+            return false;
+        }
+        return await session.ProcessAsync(element, scan, sink, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>SSE for tool calls (they may bring progress, logging, sampling or elicitation); JSON for everything else.</summary>
+    private static bool WantsStream(ReadOnlySequence<byte> body, in JsonRpcScan scan)
+    {
+        if (scan.Kind == JsonRpcMessageKind.Request)
+        {
+            return scan.Method == McpMethod.ToolsCall;
+        }
+        if (scan.Kind != JsonRpcMessageKind.Batch)
+        {
+            return false;
+        }
+        foreach (var range in JsonRpcScanner.EnumerateBatch(body))
+        {
+            if (JsonRpcScanner.Scan(body.Slice(range.Start, range.Length), out var element) == ScanStatus.Ok && element.Method == McpMethod.ToolsCall)
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    public async Task GetAsync(HttpContext context)
+    {
+        var server = await PrepareAsync(context).ConfigureAwait(false);
+        if (server is null)
+        {
+            return;
+        }
+        if (!HttpGuards.Accepts(context.Request, "text/event-stream"))
+        {
+            await WriteErrorAsync(context, StatusCodes.Status406NotAcceptable, ErrorCodes.ServerError,
+                "Not Acceptable: the client must accept text/event-stream").ConfigureAwait(false);
+            return;
+        }
+        var session = await FindSessionAsync(context, server).ConfigureAwait(false);
+        if (session is null)
+        {
+            return;
+        }
+        var sink = new MessageSink(isStream: true, acceptsRelatedMessages: true);
+        if (!session.AttachStream(sink))
+        {
+            await WriteErrorAsync(context, StatusCodes.Status409Conflict, ErrorCodes.ServerError,
+                "Conflict: only one stream per session is allowed").ConfigureAwait(false);
+            return;
+        }
+        try
+        {
+            await StreamAsync(context, sink, endpointEvent: null).ConfigureAwait(false);
+        }
+        finally
+        {
+            session.DetachStream(sink);
+        }
+    }
+
+    public async Task DeleteAsync(HttpContext context)
+    {
+        var server = await PrepareAsync(context).ConfigureAwait(false);
+        if (server is null)
+        {
+            return;
+        }
+        var session = await FindSessionAsync(context, server).ConfigureAwait(false);
+        if (session is null)
+        {
+            return;
+        }
+        await session.DisposeAsync().ConfigureAwait(false);
+        context.Response.StatusCode = StatusCodes.Status200OK;
+    }
+
+    private async Task<AgentSession?> FindSessionAsync(HttpContext context, ServerRuntime server)
+    {
+        var ids = context.Request.Headers[SessionHeader];
+        if (ids.Count != 1)
+        {
+            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.ServerError,
+                "Bad Request: exactly one Mcp-Session-Id header is required").ConfigureAwait(false);
+            return null;
+        }
+        if (!server.Sessions.TryGetValue(ids[0]!, out var session) || session.IsDisposed || session.Legacy)
+        {
+            await WriteErrorAsync(context, StatusCodes.Status404NotFound, ErrorCodes.ServerError, "Not Found: unknown or expired session").ConfigureAwait(false);
+            return null;
+        }
+        return session;
+    }
+
+    // ---- Legacy HTTP+SSE (2024-11-05) --------------------------------------------------------------------------
+
+    public async Task LegacySseAsync(HttpContext context)
+    {
+        var server = await PrepareAsync(context).ConfigureAwait(false);
+        if (server is null)
+        {
+            return;
+        }
+        var session = gateway.CreateSession(server, legacy: true);
+        if (session is null)
+        {
+            await WriteErrorAsync(context, StatusCodes.Status503ServiceUnavailable, ErrorCodes.ServerError, "Service Unavailable: too many sessions").ConfigureAwait(false);
+            return;
+        }
+        var sink = new MessageSink(isStream: true, acceptsRelatedMessages: true);
+        session.AttachStream(sink);
+        try
+        {
+            var endpoint = $"{context.Request.PathBase}/servers/{server.Name}/message?sessionId={session.Id}";
+            await StreamAsync(context, sink, Encoding.UTF8.GetBytes(endpoint)).ConfigureAwait(false);
+        }
+        finally
+        {
+            // A legacy session lives exactly as long as its stream.
+            await session.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    public async Task LegacyMessageAsync(HttpContext context)
+    {
+        var server = await PrepareAsync(context).ConfigureAwait(false);
+        if (server is null)
+        {
+            return;
+        }
+        var id = context.Request.Query["sessionId"];
+        if (id.Count != 1 || !server.Sessions.TryGetValue(id[0]!, out var session) || !session.Legacy || session.IsDisposed)
+        {
+            await WriteErrorAsync(context, StatusCodes.Status404NotFound, ErrorCodes.ServerError, "Not Found: unknown or expired session").ConfigureAwait(false);
+            return;
+        }
+        if (!HttpGuards.IsJsonContent(context.Request))
+        {
+            await WriteErrorAsync(context, StatusCodes.Status415UnsupportedMediaType, ErrorCodes.ServerError,
+                "Unsupported Media Type: Content-Type must be application/json").ConfigureAwait(false);
+            return;
+        }
+        var body = await ReadBodyAsync(context, gateway.Options.Limits.MaxMessageBytes).ConfigureAwait(false);
+        if (body.Error is not null)
+        {
+            await WriteErrorAsync(context, body.Status, ErrorCodes.InvalidRequest, body.Error).ConfigureAwait(false);
+            return;
+        }
+        try
+        {
+            var status = JsonRpcScanner.Scan(body.Buffer, out var scan, gateway.Options.Scanner);
+            if (status != ScanStatus.Ok && !(status == ScanStatus.InvalidParams && scan.Kind == JsonRpcMessageKind.Request))
+            {
+                await WriteScanErrorAsync(context, scan).ConfigureAwait(false);
+                return;
+            }
+            if (scan.Kind == JsonRpcMessageKind.Notification && scan.Method == McpMethod.ToolsCall)
+            {
+                await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.InvalidRequest,
+                    "Invalid Request: tools/call must be a request with an id, not a notification").ConfigureAwait(false);
+                return;
+            }
+            // Answers go to the session's SSE stream: the POST itself is only acknowledged.
+            var sink = session.StreamSink ?? new MessageSink(isStream: true, acceptsRelatedMessages: true);
+            if (scan.Kind == JsonRpcMessageKind.Batch)
+            {
+                foreach (var range in BatchRanges(body.Buffer))
+                {
+                    await ProcessBatchElementAsync(session, body.Buffer.Slice(range.Start, range.Length), sink, context.RequestAborted).ConfigureAwait(false);
+                }
+            }
+            else
+            {
+                await session.ProcessAsync(body.Buffer, scan, sink, context.RequestAborted).ConfigureAwait(false);
+            }
+            context.Response.StatusCode = StatusCodes.Status202Accepted;
+            context.Response.ContentType = "text/plain";
+            await context.Response.WriteAsync("Accepted").ConfigureAwait(false);
+        }
+        finally
+        {
+            context.Request.BodyReader.AdvanceTo(body.Buffer.End);
+        }
+    }
+
+    // ---- Shared --------------------------------------------------------------------------------------------------
+
+    /// <summary>Host/Origin checks and server lookup. Writes the error response and returns null when the request can't go on.</summary>
+    private async Task<ServerRuntime?> PrepareAsync(HttpContext context)
+    {
+        if (gateway.Guards.CheckHostAndOrigin(context.Request) is { } forbidden)
+        {
+            logger.LogWarning("Refused a request from {Remote}: {Reason}", context.Connection.RemoteIpAddress, forbidden);
+            await WriteErrorAsync(context, StatusCodes.Status403Forbidden, ErrorCodes.ServerError, forbidden).ConfigureAwait(false);
+            return null;
+        }
+        var name = context.Request.RouteValues["name"] as string;
+        var server = name is null ? null : gateway.FindServer(name);
+        if (server is null)
+        {
+            await WriteErrorAsync(context, StatusCodes.Status404NotFound, ErrorCodes.ServerError, $"Not Found: no server named \"{name}\"").ConfigureAwait(false);
+        }
+        return server;
+    }
+
+    private static async Task WriteJsonResponseAsync(HttpContext context, AgentSession session, MessageSink sink, int expected, bool isBatch)
+    {
+        var responses = new List<ReadOnlyMemory<byte>>(expected);
+        try
+        {
+            await foreach (var message in sink.Reader.ReadAllAsync(context.RequestAborted).ConfigureAwait(false))
+            {
+                if (message.IsResponse)
+                {
+                    responses.Add(message.Payload);
+                    if (responses.Count == expected)
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        {
+            session.Abandon(sink);
+            return;
+        }
+
+        var response = context.Response;
+        response.StatusCode = StatusCodes.Status200OK;
+        response.ContentType = "application/json";
+        var writer = response.BodyWriter;
+        if (isBatch)
+        {
+            writer.Write("["u8);
+        }
+        for (var i = 0; i < responses.Count; i++)
+        {
+            if (i > 0)
+            {
+                writer.Write(","u8);
+            }
+            writer.Write(responses[i].Span);
+        }
+        if (isBatch)
+        {
+            writer.Write("]"u8);
+        }
+        await writer.FlushAsync(context.RequestAborted).ConfigureAwait(false);
+    }
+
+    private static async Task WriteSseResponseAsync(HttpContext context, AgentSession session, MessageSink sink, int expected)
+    {
+        var response = context.Response;
+        response.StatusCode = StatusCodes.Status200OK;
+        response.ContentType = "text/event-stream";
+        response.Headers.CacheControl = "no-cache";
+        var writer = response.BodyWriter;
+        var received = 0;
+        try
+        {
+            await foreach (var message in sink.Reader.ReadAllAsync(context.RequestAborted).ConfigureAwait(false))
+            {
+                SseWriter.WriteEvent(writer, "message"u8, message.Payload.Span);
+                await writer.FlushAsync(context.RequestAborted).ConfigureAwait(false);
+                if (message.IsResponse && ++received == expected)
+                {
+                    break;
+                }
+            }
+        }
+        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        {
+            session.Abandon(sink);
+        }
+    }
+
+    /// <summary>A long-lived SSE stream (GET stream or legacy SSE) with keep-alive comments, until the agent leaves or the session ends.</summary>
+    private static async Task StreamAsync(HttpContext context, MessageSink sink, byte[]? endpointEvent)
+    {
+        var response = context.Response;
+        response.StatusCode = StatusCodes.Status200OK;
+        response.ContentType = "text/event-stream";
+        response.Headers.CacheControl = "no-cache";
+        response.Headers["X-Accel-Buffering"] = "no";
+        var writer = response.BodyWriter;
+        if (endpointEvent is not null)
+        {
+            SseWriter.WriteEvent(writer, "endpoint"u8, endpointEvent);
+        }
+        else
+        {
+            SseWriter.WriteComment(writer, " stream open"u8);
+        }
+        var aborted = context.RequestAborted;
+        try
+        {
+            await writer.FlushAsync(aborted).ConfigureAwait(false);
+            var reader = sink.Reader;
+            while (!aborted.IsCancellationRequested)
+            {
+                using var keepAlive = CancellationTokenSource.CreateLinkedTokenSource(aborted);
+                keepAlive.CancelAfter(KeepAliveInterval);
+                bool more;
+                try
+                {
+                    more = await reader.WaitToReadAsync(keepAlive.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (!aborted.IsCancellationRequested)
+                {
+                    SseWriter.WriteComment(writer, " keep-alive"u8);
+                    await writer.FlushAsync(aborted).ConfigureAwait(false);
+                    continue;
+                }
+                if (!more)
+                {
+                    return; // the session ended
+                }
+                while (reader.TryRead(out var message))
+                {
+                    SseWriter.WriteEvent(writer, "message"u8, message.Payload.Span);
+                }
+                await writer.FlushAsync(aborted).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException) when (aborted.IsCancellationRequested)
+        {
+            // The agent went away.
+        }
+    }
+
+    private readonly record struct Body(ReadOnlySequence<byte> Buffer, int Status, string? Error);
+
+    /// <summary>Reads a whole request body without copying it, refusing anything over the size limit.</summary>
+    private static async ValueTask<Body> ReadBodyAsync(HttpContext context, int maxBytes)
+    {
+        var reader = context.Request.BodyReader;
+        try
+        {
+            while (true)
+            {
+                var result = await reader.ReadAsync(context.RequestAborted).ConfigureAwait(false);
+                var buffer = result.Buffer;
+                if (buffer.Length > maxBytes)
+                {
+                    reader.AdvanceTo(buffer.End);
+                    return new Body(default, StatusCodes.Status413PayloadTooLarge, $"Payload Too Large: messages are limited to {maxBytes} bytes");
+                }
+                if (result.IsCompleted)
+                {
+                    return new Body(buffer, 0, null);
+                }
+                reader.AdvanceTo(buffer.Start, buffer.End);
+            }
+        }
+        catch (BadHttpRequestException ex)
+        {
+            return new Body(default, ex.StatusCode, ex.StatusCode == StatusCodes.Status413PayloadTooLarge
+                ? $"Payload Too Large: messages are limited to {maxBytes} bytes"
+                : "Bad Request: " + ex.Message);
+        }
+    }
+
+    private static Task WriteScanErrorAsync(HttpContext context, in JsonRpcScan scan)
+    {
+        var status = scan.Status == ScanStatus.TooLarge ? StatusCodes.Status413PayloadTooLarge : StatusCodes.Status400BadRequest;
+        return WriteErrorAsync(context, status, ScanErrorCode(scan.Status), ScanErrorMessage(scan));
+    }
+
+    private static int ScanErrorCode(ScanStatus status) => status switch
+    {
+        ScanStatus.ParseError or ScanStatus.InvalidUtf8 => ErrorCodes.ParseError,
+        ScanStatus.InvalidParams => ErrorCodes.InvalidParams,
+        _ => ErrorCodes.InvalidRequest,
+    };
+
+    private static string ScanErrorMessage(in JsonRpcScan scan) => scan.Status switch
+    {
+        ScanStatus.ParseError or ScanStatus.InvalidUtf8 => "Parse error: " + scan.Error,
+        ScanStatus.InvalidParams => "Invalid params: " + scan.Error,
+        _ => "Invalid Request: " + scan.Error,
+    };
+
+    private static async Task WriteUnsupportedVersionAsync(HttpContext context, byte[] rawId)
+    {
+        var buffer = new ArrayBufferWriter<byte>(256);
+        using (var writer = new System.Text.Json.Utf8JsonWriter(buffer))
+        {
+            writer.WriteStartObject();
+            writer.WriteString("jsonrpc"u8, "2.0"u8);
+            writer.WritePropertyName("id"u8);
+            if (rawId.Length == 0)
+            {
+                writer.WriteNullValue();
+            }
+            else
+            {
+                writer.WriteRawValue(rawId, skipInputValidation: true);
+            }
+            writer.WriteStartObject("error"u8);
+            writer.WriteNumber("code"u8, -32022);
+            writer.WriteString("message"u8, "Unsupported protocol version 2026-07-28: this gateway serves MCP sessions (initialize)");
+            writer.WriteStartObject("data"u8);
+            writer.WriteStartArray("supported"u8);
+            foreach (var v in HttpGuards.SupportedProtocolVersions)
+            {
+                writer.WriteStringValue(v);
+            }
+            writer.WriteEndArray();
+            writer.WriteString("requested"u8, LatestProtocolVersionHeader);
+            writer.WriteEndObject();
+            writer.WriteEndObject();
+            writer.WriteEndObject();
+        }
+        context.Response.StatusCode = StatusCodes.Status400BadRequest;
+        context.Response.ContentType = "application/json";
+        await context.Response.BodyWriter.WriteAsync(buffer.WrittenMemory, context.RequestAborted).ConfigureAwait(false);
+    }
+
+    private static async Task WriteErrorAsync(HttpContext context, int status, int code, string message, byte[]? rawId = null)
+    {
+        if (context.Response.HasStarted)
+        {
+            return;
+        }
+        context.Response.StatusCode = status;
+        context.Response.ContentType = "application/json";
+        var bytes = JsonRpcResponses.Error(rawId, code, message);
+        try
+        {
+            await context.Response.BodyWriter.WriteAsync(bytes, context.RequestAborted).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            // The client is gone.
+        }
+    }
+}

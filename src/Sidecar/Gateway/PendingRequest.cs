@@ -1,0 +1,36 @@
+using Sidecar.Decisions;
+
+namespace Sidecar.Gateway;
+
+/// <summary>An agent request forwarded upstream and waiting for its response.</summary>
+internal sealed class PendingRequest(RpcId key, byte[] rawId, MessageSink sink, long correlation)
+{
+    public RpcId Key { get; } = key;
+
+    /// <summary>The agent's id token, echoed back verbatim.</summary>
+    public byte[] RawId { get; } = rawId;
+
+    public MessageSink Sink { get; } = sink;
+
+    public long Correlation { get; } = correlation;
+
+    /// <summary>The response is a <c>tools/list</c> result to filter through the policy.</summary>
+    public bool FilterToolList { get; init; }
+
+    /// <summary>The tool name of a <c>tools/call</c>, for errors and logs.</summary>
+    public string? Tool { get; init; }
+
+    /// <summary>The decision that let a <c>tools/call</c> through: its tokens go back if the call fails upstream.</summary>
+    public Decision Decision;
+
+    public bool HasDecision { get; init; }
+
+    /// <summary>When the gateway gives up waiting (<see cref="Environment.TickCount64"/> milliseconds); pushed back by related traffic.</summary>
+    public long Deadline { get; set; }
+
+    /// <summary>Which upstream connection of the session carries it: a connection that dies fails only its own requests.</summary>
+    public int Generation { get; set; }
+
+    /// <summary>Set for the gateway's own requests (re-initialization): completes with the response.</summary>
+    public TaskCompletionSource<ReadOnlyMemory<byte>>? Internal { get; init; }
+}

@@ -1,0 +1,101 @@
+using System.Text;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Logging;
+using Sidecar.Configuration;
+using Sidecar.Gateway;
+
+namespace Sidecar.IntegrationTests.TestSupport;
+
+/// <summary>
+/// Runs the Sidecar gateway in-process on a free loopback port, from a config written to a temporary folder (so
+/// relative policy paths resolve as they would for a user). The daemon is the real one: Kestrel, the same endpoints.
+/// </summary>
+public sealed class SidecarHost : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+
+    private SidecarHost(WebApplication app, string folder, Uri baseUrl, StringBuilder log)
+    {
+        _app = app;
+        Folder = folder;
+        BaseUrl = baseUrl;
+        Log = log;
+    }
+
+    /// <summary>e.g. <c>http://127.0.0.1:41234</c>.</summary>
+    public Uri BaseUrl { get; }
+
+    public string Folder { get; }
+
+    /// <summary>Everything the gateway logged, for diagnosing a failed test.</summary>
+    public StringBuilder Log { get; }
+
+    public Uri McpUrl(string server) => new(BaseUrl, $"/servers/{server}/mcp");
+
+    public Uri SseUrl(string server) => new(BaseUrl, $"/servers/{server}/sse");
+
+    /// <summary>
+    /// Starts a gateway. <paramref name="configJson"/> is a full sidecar.json (its "listen" is replaced by a free
+    /// loopback port); <paramref name="files"/> are written beside it (policies).
+    /// </summary>
+    public static async Task<SidecarHost> StartAsync(string configJson, IReadOnlyDictionary<string, string>? files = null)
+    {
+        var folder = Path.Combine(Path.GetTempPath(), "sidecar-it-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(folder);
+        foreach (var (name, content) in files ?? new Dictionary<string, string>())
+        {
+            await File.WriteAllTextAsync(Path.Combine(folder, name), content);
+        }
+        var configPath = Path.Combine(folder, "sidecar.json");
+        await File.WriteAllTextAsync(configPath, configJson);
+        var config = SidecarConfigReader.LoadFile(configPath) with { Listen = "127.0.0.1:0" };
+
+        var log = new StringBuilder();
+        var app = GatewayHost.Build(config, LogLevel.Debug, logging => logging.AddProvider(new StringLoggerProvider(log)));
+        await app.StartAsync();
+        var address = app.Urls.Single();
+        return new SidecarHost(app, folder, new Uri(address), log);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync();
+        await _app.DisposeAsync();
+        try
+        {
+            Directory.Delete(Folder, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+
+    private sealed class StringLoggerProvider(StringBuilder sink) : ILoggerProvider
+    {
+        public ILogger CreateLogger(string categoryName) => new StringLogger(sink, categoryName);
+
+        public void Dispose()
+        {
+        }
+    }
+
+    private sealed class StringLogger(StringBuilder sink, string category) : ILogger
+    {
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+
+        public bool IsEnabled(LogLevel logLevel) => true;
+
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+        {
+            lock (sink)
+            {
+                sink.Append(DateTime.UtcNow.ToString("HH:mm:ss.fff")).Append(' ').Append(logLevel).Append(' ').Append(category).Append(": ")
+                    .AppendLine(formatter(state, exception));
+                if (exception is not null)
+                {
+                    sink.AppendLine(exception.ToString());
+                }
+            }
+        }
+    }
+}

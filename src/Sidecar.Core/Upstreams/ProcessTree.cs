@@ -103,6 +103,20 @@ internal static class ProcessTree
         return killed;
     }
 
+    /// <summary>Kills the survivors, then waits (at most <paramref name="timeout"/>) until none is alive any more.</summary>
+    public static async Task KillSurvivorsAsync(List<Member> members, TimeSpan timeout)
+    {
+        if (KillSurvivors(members) == 0)
+        {
+            return;
+        }
+        var deadline = DateTime.UtcNow + timeout;
+        while (members.Exists(IsAlive) && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(20).ConfigureAwait(false);
+        }
+    }
+
     private readonly record struct Stat(char State, int ParentPid, long StartTime);
 
     private static Stat? ReadStat(int pid)

@@ -449,7 +449,7 @@ public sealed class StdioUpstreamConnection : IUpstreamConnection
         }
 
         // 4. Whatever the tree left behind (daemonised children, or children of a root that exited by itself).
-        ProcessTree.KillSurvivors(tree);
+        await ProcessTree.KillSurvivorsAsync(tree, TimeSpan.FromSeconds(1)).ConfigureAwait(false);
 
         try
         {

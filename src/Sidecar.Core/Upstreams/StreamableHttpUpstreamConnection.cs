@@ -30,7 +30,8 @@ namespace Sidecar.Upstreams;
 /// <b>Failures</b>: a send that gets a non-2xx answer, cannot connect, or gets no answer in time becomes a
 /// <see cref="UpstreamEventKind.SendFailed"/> event with its correlation (when the server answered with a JSON body,
 /// e.g. a JSON-RPC error, <see cref="UpstreamEvent.Payload"/> holds it as sent). A broken response stream is also a
-/// SendFailed, which may follow messages already delivered for that send. HTTP 404, or 400 on a request that carried
+/// SendFailed, which may follow messages already delivered for that send, and so is a message on the send's response
+/// that exceeds <c>MaxMessageBytes</c> (dropped with a warning; it is most likely the response). HTTP 404, or 400 on a request that carried
 /// the session id (server-everything answers an unknown session with 400), means the session is gone: that send fails
 /// and <see cref="Completion"/> faults with <see cref="UpstreamException.SessionGone"/>.
 /// </para>
@@ -271,7 +272,9 @@ public sealed class StreamableHttpUpstreamConnection : IUpstreamConnection
                     case SseReadKind.End:
                         return;
                     case SseReadKind.TooLarge:
+                        // Most likely the response itself: fail the send now rather than let the caller time out.
                         UpstreamLog.MessageTooLarge(_http.Logger, _http.Name, Transport, _http.Limits.MaxMessageBytes);
+                        await FailSendAsync(post.Correlation, $"upstream '{_http.Name}' sent a message larger than {_http.Limits.MaxMessageBytes} bytes").ConfigureAwait(false);
                         break;
                     default:
                         if (!e.IsMessage)

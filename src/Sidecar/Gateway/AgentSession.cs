@@ -368,7 +368,7 @@ internal sealed class AgentSession : IAsyncDisposable
                 }
                 break;
             case JsonRpcMessageKind.Request or JsonRpcMessageKind.Notification:
-                Route(payload, correlation);
+                Route(payload, correlation, scan.Kind == JsonRpcMessageKind.Request || scan.Method == McpMethod.NotificationsProgress);
                 break;
             case JsonRpcMessageKind.Batch:
                 foreach (var element in JsonRpcScanner.EnumerateBatch(new ReadOnlySequence<byte>(payload)))
@@ -420,14 +420,17 @@ internal sealed class AgentSession : IAsyncDisposable
     }
 
     /// <summary>
-    /// Sends a server-to-client request or notification to the agent: on the SSE response of the request it relates
-    /// to when known (Streamable HTTP upstreams tell us; with a single call in flight it can only be that one), else
-    /// on the agent's stream, else into a small backlog until a stream opens.
+    /// Sends a server-to-client request or notification to the agent. Streamable HTTP upstreams say which request a
+    /// message belongs to (it came on that request's stream): it goes on that request's SSE response. Otherwise
+    /// (stdio, legacy SSE) requests (sampling, elicitation, roots) and progress belong to the call in flight when
+    /// there is exactly one, while session-wide notifications (list changes, logs, resource updates) prefer the
+    /// agent's own stream. Whatever finds no open stream waits in a small backlog until one opens.
     /// </summary>
-    private void Route(ReadOnlyMemory<byte> payload, long correlation)
+    private void Route(ReadOnlyMemory<byte> payload, long correlation, bool callScoped)
     {
         MessageSink? target = null;
         MessageSink? only = null;
+        PendingRequest? onlyPending = null;
         var candidates = 0;
         foreach (var (_, pending) in _pending)
         {
@@ -443,12 +446,15 @@ internal sealed class AgentSession : IAsyncDisposable
             }
             candidates++;
             only = pending.Sink;
+            onlyPending = pending;
         }
-        if (target is null && correlation == 0 && candidates == 1)
+        var stream = Volatile.Read(ref _stream);
+        if (target is null && correlation == 0 && candidates == 1 && (callScoped || stream is null))
         {
             target = only;
+            onlyPending!.Deadline = Deadline();
         }
-        target ??= Volatile.Read(ref _stream);
+        target ??= stream;
         if (target is null || !target.TryWrite(payload, false))
         {
             _backlog.Writer.TryWrite(payload);

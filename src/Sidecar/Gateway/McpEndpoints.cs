@@ -159,22 +159,18 @@ internal sealed class McpEndpoints(Gateway gateway, ILogger logger)
             return;
         }
 
-        if (isInitialize)
-        {
-            context.Response.Headers[SessionHeader] = session.Id;
-        }
         if (useSse)
         {
             await WriteSseResponseAsync(context, session, sink, expected).ConfigureAwait(false);
         }
         else
         {
-            await WriteJsonResponseAsync(context, session, sink, expected, isBatch).ConfigureAwait(false);
-        }
-        if (isInitialize && !session.IsInitialized)
-        {
-            // The upstream refused initialize (or never answered): no session to keep.
-            await session.DisposeAsync().ConfigureAwait(false);
+            var started = await WriteJsonResponseAsync(context, session, sink, expected, isBatch, isInitialize).ConfigureAwait(false);
+            if (isInitialize && !started)
+            {
+                // The upstream refused initialize, was unreachable, or never answered: no session to keep.
+                await session.DisposeAsync().ConfigureAwait(false);
+            }
         }
     }
 
@@ -412,7 +408,11 @@ internal sealed class McpEndpoints(Gateway gateway, ILogger logger)
         return server;
     }
 
-    private static async Task WriteJsonResponseAsync(HttpContext context, AgentSession session, MessageSink sink, int expected, bool isBatch)
+    /// <summary>
+    /// Collects the responses and writes them as one JSON body (an array for a batch). For <c>initialize</c>, the
+    /// session id header is sent only when the upstream accepted it; returns whether it did.
+    /// </summary>
+    private static async Task<bool> WriteJsonResponseAsync(HttpContext context, AgentSession session, MessageSink sink, int expected, bool isBatch, bool isInitialize)
     {
         var responses = new List<ReadOnlyMemory<byte>>(expected);
         try
@@ -432,10 +432,15 @@ internal sealed class McpEndpoints(Gateway gateway, ILogger logger)
         catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
         {
             session.Abandon(sink);
-            return;
+            return false;
         }
 
         var response = context.Response;
+        var initialized = isInitialize && JsonRpcScanner.Scan(responses[0].Span, out var first) == ScanStatus.Ok && first.Kind == JsonRpcMessageKind.Response;
+        if (initialized)
+        {
+            response.Headers[SessionHeader] = session.Id;
+        }
         response.StatusCode = StatusCodes.Status200OK;
         response.ContentType = "application/json";
         var writer = response.BodyWriter;
@@ -456,6 +461,7 @@ internal sealed class McpEndpoints(Gateway gateway, ILogger logger)
             writer.Write("]"u8);
         }
         await writer.FlushAsync(context.RequestAborted).ConfigureAwait(false);
+        return initialized;
     }
 
     private static async Task WriteSseResponseAsync(HttpContext context, AgentSession session, MessageSink sink, int expected)

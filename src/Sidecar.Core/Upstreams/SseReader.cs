@@ -45,7 +45,7 @@ internal sealed class SseReader : IAsyncDisposable
     private int _dataLength;
     private bool _dataTooLarge;
     private string? _type;
-    private readonly byte[] _id = new byte[MaxIdBytes];
+    private byte[]? _id; // allocated on the first id: many streams have none
     private int _idLength = -1;
     private string? _idString;
     private bool _skippingLine;
@@ -64,7 +64,7 @@ internal sealed class SseReader : IAsyncDisposable
     {
         get
         {
-            if (_idLength <= 0)
+            if (_idLength <= 0 || _id is null)
             {
                 return null;
             }
@@ -219,6 +219,7 @@ internal sealed class SseReader : IAsyncDisposable
         {
             if (value.PositionOf((byte)0) is null && value.Length <= MaxIdBytes)
             {
+                _id ??= new byte[MaxIdBytes];
                 value.CopyTo(_id);
                 _idLength = (int)value.Length;
                 _idString = null;

@@ -19,6 +19,12 @@ namespace Sidecar.Upstreams;
 /// The stream ending faults <see cref="Completion"/> ("upstream closed the SSE stream").
 /// </para>
 /// <para>
+/// <b>Events</b>: <see cref="Events"/> is bounded (<see cref="UpstreamEventSink.Capacity"/>, 1024 events) and has one
+/// reader. When it is full the transport waits and stops reading from the server, which then waits too
+/// (backpressure); nothing is dropped for being slow. Read it independently of sending. Each payload is a fresh
+/// array the reader may keep. After the last event the channel completes, and <see cref="Completion"/> says why.
+/// </para>
+/// <para>
 /// <b>To the server</b>: <see cref="SendAsync"/> copies the message and queues it; one sender loop POSTs the queue in
 /// order (<c>Content-Type: application/json</c>, configured headers), each POST acknowledged (2xx, usually 202) before
 /// the next starts, so the server sees messages in the order they were sent. A POST that is refused, cannot connect

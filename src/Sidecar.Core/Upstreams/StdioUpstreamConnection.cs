@@ -27,6 +27,12 @@ namespace Sidecar.Upstreams;
 /// A message that cannot be written (the process went away) is reported as <see cref="UpstreamEventKind.SendFailed"/>.
 /// </para>
 /// <para>
+/// <b>Events</b>: <see cref="Events"/> is bounded (<see cref="UpstreamEventSink.Capacity"/>, 1024 events) and has one
+/// reader. When it is full the transport waits and stops reading from the server, which then waits too
+/// (backpressure); nothing is dropped for being slow. Read it independently of sending. Each payload is a fresh
+/// array the reader may keep. After the last event the channel completes, and <see cref="Completion"/> says why.
+/// </para>
+/// <para>
 /// <b>Ending</b>: when the process exits, <see cref="Completion"/> faults with
 /// <c>UpstreamException("upstream process exited with code N")</c> (after the output it wrote before exiting has been
 /// delivered), the events channel completes and sends throw <see cref="UpstreamException"/>.

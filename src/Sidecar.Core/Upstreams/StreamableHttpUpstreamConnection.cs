@@ -36,6 +36,12 @@ namespace Sidecar.Upstreams;
 /// and <see cref="Completion"/> faults with <see cref="UpstreamException.SessionGone"/>.
 /// </para>
 /// <para>
+/// <b>Events</b>: <see cref="Events"/> is bounded (<see cref="UpstreamEventSink.Capacity"/>, 1024 events) and has one
+/// reader. When it is full the transport waits and stops reading from the server, which then waits too
+/// (backpressure); nothing is dropped for being slow. Read it independently of sending. Each payload is a fresh
+/// array the reader may keep. After the last event the channel completes, and <see cref="Completion"/> says why.
+/// </para>
+/// <para>
 /// <b>Disposal</b> sends <c>DELETE</c> with the session id (best effort, 2 s) and cancels every stream and request.
 /// </para>
 /// </remarks>

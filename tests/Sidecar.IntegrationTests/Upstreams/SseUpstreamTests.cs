@@ -76,6 +76,7 @@ public sealed class SseUpstreamTests(SseServerFixture fixture) : UpstreamConvers
         var port = ((IPEndPoint)listener.LocalEndpoint).Port;
         endpoint = endpoint.Replace("{port}", port.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal);
         using var serve = new CancellationTokenSource(TimeSpan.FromSeconds(15));
+        string? receivedRequest = null;
         var fake = Task.Run(async () =>
         {
             using var socket = await listener.AcceptSocketAsync(serve.Token);
@@ -91,6 +92,7 @@ public sealed class SseUpstreamTests(SseServerFixture fixture) : UpstreamConvers
                 }
                 request.Append(Encoding.ASCII.GetString(buffer, 0, read));
             }
+            receivedRequest = request.ToString();
             var response = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
                 + ": a comment first\r\n\r\n"
                 + $"event: endpoint\r\ndata: {endpoint}\r\n\r\n";
@@ -101,10 +103,25 @@ public sealed class SseUpstreamTests(SseServerFixture fixture) : UpstreamConvers
             }
         });
 
-        var config = Server with { Url = new Uri($"http://127.0.0.1:{port}/sse") };
+        var config = Server with
+        {
+            Url = new Uri($"http://127.0.0.1:{port}/sse"),
+            Headers = new Dictionary<string, string> { ["X-Api-Key"] = "k-2f9c1e-secret", ["Accept"] = "text/html" },
+        };
         using var connector = (SseUpstreamConnector)UpstreamConnectors.Create(config, TestLimits, Loggers);
         var ex = await Assert.ThrowsAsync<UpstreamException>(async () => await connector.ConnectAsync(CancellationToken.None));
         Assert.Contains("message endpoint on another origin", ex.Message);
         await fake.WaitAsync(TimeSpan.FromSeconds(10)); // the connector hung up
+
+        // The configured credential was sent, the protocol's own Accept won over a configured one, and the
+        // credential shows up in no error and no log line.
+        Assert.NotNull(receivedRequest);
+        Assert.StartsWith("GET /sse HTTP/1.1\r\n", receivedRequest);
+        Assert.Contains("X-Api-Key: k-2f9c1e-secret\r\n", receivedRequest);
+        Assert.Contains("Accept: text/event-stream\r\n", receivedRequest);
+        Assert.DoesNotContain("text/html", receivedRequest);
+        Assert.DoesNotContain("k-2f9c1e-secret", ex.ToString());
+        Assert.DoesNotContain("k-2f9c1e-secret", Loggers.Dump());
+        Assert.Contains(Loggers.Entries, l => l.EventId.Id == 2008 && l.Message.Contains("Accept", StringComparison.Ordinal));
     }
 }

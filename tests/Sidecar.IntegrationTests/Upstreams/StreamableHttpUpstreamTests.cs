@@ -43,7 +43,11 @@ public sealed class StreamableHttpUpstreamTests(StreamableHttpServerFixture fixt
     public async Task Nothing_listening_fails_the_send_quickly_with_a_clear_message()
     {
         var port = EverythingServer.FreeLoopbackPort();
-        var config = Server with { Url = new Uri($"http://127.0.0.1:{port}/mcp") };
+        var config = Server with
+        {
+            Url = new Uri($"http://127.0.0.1:{port}/mcp"),
+            Headers = new Dictionary<string, string> { ["Authorization"] = "Bearer tok-7d1e0a-secret" },
+        };
         using var connector = (StreamableHttpUpstreamConnector)UpstreamConnectors.Create(config, TestLimits, Loggers);
         await using var client = new UpstreamTestClient(await connector.ConnectAsync(CancellationToken.None));
 
@@ -53,6 +57,8 @@ public sealed class StreamableHttpUpstreamTests(StreamableHttpServerFixture fixt
         Assert.Contains($"cannot reach upstream 'everything' at http://127.0.0.1:{port}/mcp", ex.Error);
         Assert.Contains("refused", ex.Error, StringComparison.OrdinalIgnoreCase);
         Assert.False(client.Connection.Completion.IsCompleted, "one failed send does not end the connection");
+        Assert.DoesNotContain("tok-7d1e0a-secret", ex.ToString());
+        Assert.DoesNotContain("tok-7d1e0a-secret", Loggers.Dump());
     }
 
     [Fact]

@@ -76,7 +76,7 @@ public abstract class UpstreamConversationTests
         await client.InitializeAsync();
 
         var slow = client.RequestAsync("tools/call",
-            """{"name":"trigger-long-running-operation","arguments":{"duration":1.2,"steps":3},"_meta":{"progressToken":"slow-op"}}""");
+            """{"name":"trigger-long-running-operation","arguments":{"duration":2.1,"steps":3},"_meta":{"progressToken":"slow-op"}}""");
         var echoes = Enumerable.Range(0, 6)
             .Select(i => client.RequestAsync("tools/call", $$$"""{"name":"echo","arguments":{"message":"concurrent-{{{i}}}"}}"""))
             .ToArray();

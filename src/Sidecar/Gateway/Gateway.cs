@@ -123,5 +123,9 @@ internal sealed class Gateway : IAsyncDisposable
             }
         }
         await Task.WhenAll(closing).ConfigureAwait(false);
+        foreach (var server in _servers.Values)
+        {
+            (server.Connector as IDisposable)?.Dispose();
+        }
     }
 }

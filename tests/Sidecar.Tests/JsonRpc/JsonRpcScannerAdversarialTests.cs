@@ -85,8 +85,13 @@ public class JsonRpcScannerAdversarialTests
         }
     }
 
+    /// <summary>
+    /// A denial-of-service guard, not a speed goal (those live in bench/): duplicate detection must not be quadratic.
+    /// Quadratic pairwise checks on 200,000 keys would take minutes; the sort-based check takes tens of milliseconds,
+    /// so a bound of seconds separates the two on any machine, however loaded.
+    /// </summary>
     [Fact]
-    public void Two_hundred_thousand_keys_scan_quickly()
+    public void Two_hundred_thousand_keys_are_not_quadratic()
     {
         StringBuilder sb = new("""{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"bulk","arguments":{""");
         for (int i = 0; i < 200_000; i++)
@@ -106,14 +111,14 @@ public class JsonRpcScannerAdversarialTests
         JsonRpcScan s = Scan(distinct);
         TimeSpan elapsed = watch.Elapsed;
         Assert.Equal(ScanStatus.Ok, s.Status);
-        Assert.True(elapsed < TimeSpan.FromMilliseconds(500), $"took {elapsed.TotalMilliseconds} ms");
+        Assert.True(elapsed < TimeSpan.FromSeconds(10), $"took {elapsed.TotalMilliseconds} ms");
         Assert.Equal(ScanStatus.Ok, JsonRpcScanner.Scan(Chunks(distinct, 4096), out _));
 
         watch.Restart();
         Assert.Equal(ScanStatus.DuplicateKey, Scan(duplicated).Status);
         Assert.Equal(ScanStatus.DuplicateKey, Scan(escapedDuplicate).Status);
         Assert.Equal(ScanStatus.DuplicateKey, JsonRpcScanner.Scan(Chunks(escapedDuplicate, 1000), out _));
-        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(2), $"took {watch.Elapsed.TotalMilliseconds} ms");
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(20), $"took {watch.Elapsed.TotalMilliseconds} ms");
     }
 
     [Theory]

@@ -1,6 +1,5 @@
 using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Diagnosers;
-using BenchmarkDotNet.Exporters;
 using BenchmarkDotNet.Jobs;
 
 namespace Sidecar.Benchmarks;
@@ -20,6 +19,5 @@ public sealed class BenchConfig : ManualConfig
             .WithIterationCount(8)
             .WithId("Short8"));
         AddDiagnoser(MemoryDiagnoser.Default);
-        AddExporter(MarkdownExporter.GitHub);
     }
 }

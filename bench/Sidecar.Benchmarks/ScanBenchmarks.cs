@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Text.Json;
 using BenchmarkDotNet.Attributes;
 using Sidecar.JsonRpc;
 
@@ -74,6 +75,19 @@ public class ScanBenchmarks
 
     [Benchmark(Description = "Scan ~4 KB call")]
     public ScanStatus ScanLarge() => JsonRpcScanner.Scan(_large, out _);
+
+    /// <summary>A floor for the scan: the same bytes through a bare reader, no UTF-8 check, no key tracking, no extraction.</summary>
+    [Benchmark(Description = "Reference: bare Utf8JsonReader pass (typical)")]
+    public int ReaderOnly()
+    {
+        var reader = new Utf8JsonReader(_typical);
+        var tokens = 0;
+        while (reader.Read())
+        {
+            tokens++;
+        }
+        return tokens;
+    }
 
     [Benchmark(Description = "TryCopyName (plain)")]
     public int CopyName()

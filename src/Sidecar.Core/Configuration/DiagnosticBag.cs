@@ -26,6 +26,20 @@ public sealed class DiagnosticBag
 
     public void Add(ConfigNode node, string message) => Add(node.Path, node.Location, message);
 
+    /// <summary>Reads a whole file; on failure records why (as an error of this file) and returns null.</summary>
+    public byte[]? ReadFile(string path, string what)
+    {
+        try
+        {
+            return System.IO.File.ReadAllBytes(path);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            Add("$", new SourceLocation(1, 1), $"cannot read {what} file: {ex.Message}");
+            return null;
+        }
+    }
+
     public override string ToString() => string.Join(Environment.NewLine, _items);
 }
 

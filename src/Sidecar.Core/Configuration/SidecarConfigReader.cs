@@ -16,16 +16,7 @@ public static class SidecarConfigReader
     public static SidecarConfig LoadFile(string path, Func<string, string?>? environment = null)
     {
         var diagnostics = new DiagnosticBag(path);
-        byte[] bytes;
-        try
-        {
-            bytes = File.ReadAllBytes(path);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            diagnostics.Add("$", new SourceLocation(1, 1), "cannot read config file: " + ex.Message);
-            throw new ConfigValidationException(diagnostics.Items);
-        }
+        var bytes = diagnostics.ReadFile(path, "config") ?? throw new ConfigValidationException(diagnostics.Items);
         var baseDirectory = Path.GetDirectoryName(Path.GetFullPath(path))!;
         return Read(bytes, baseDirectory, diagnostics, environment, Path.GetFullPath(path))
             ?? throw new ConfigValidationException(diagnostics.Items);
@@ -49,7 +40,7 @@ public static class SidecarConfigReader
 
         var members = new PolicyConfigReader.MemberReader(obj, diagnostics);
         var listen = SidecarConfig.DefaultListen;
-        if (members.Take("listen") is { } listenNode && ReadString(listenNode, diagnostics) is { } l)
+        if (members.Take("listen") is { } listenNode && PolicyConfigReader.ReadString(listenNode, diagnostics) is { } l)
         {
             if (TryParseListen(l, out _, out _))
             {
@@ -62,7 +53,7 @@ public static class SidecarConfigReader
         }
 
         string? topPolicy = null;
-        if (members.Take("policy") is { } policyNode && ReadString(policyNode, diagnostics) is { } p)
+        if (members.Take("policy") is { } policyNode && PolicyConfigReader.ReadString(policyNode, diagnostics) is { } p)
         {
             topPolicy = ResolvePath(baseDirectory, p);
         }
@@ -99,7 +90,7 @@ public static class SidecarConfigReader
         var blocked = BlockedCallStyle.Error;
         if (members.Take("blockedCalls") is { } blockedNode)
         {
-            blocked = ReadString(blockedNode, diagnostics) switch
+            blocked = PolicyConfigReader.ReadString(blockedNode, diagnostics) switch
             {
                 "error" => BlockedCallStyle.Error,
                 "tool_result" => BlockedCallStyle.ToolResult,
@@ -143,21 +134,21 @@ public static class SidecarConfigReader
 
         var commandNode = members.Take("command");
         var urlNode = members.Take("url");
-        var command = commandNode is null ? null : ReadString(commandNode, diagnostics);
-        var urlText = urlNode is null ? null : ReadString(urlNode, diagnostics);
+        var command = commandNode is null ? null : PolicyConfigReader.ReadString(commandNode, diagnostics);
+        var urlText = urlNode is null ? null : PolicyConfigReader.ReadString(urlNode, diagnostics);
         var args = members.Take("args") is { } argsNode ? ReadStringList(argsNode, diagnostics) : [];
         var env = members.Take("env") is { } envNode ? ReadStringMap(envNode, environment, diagnostics) : new Dictionary<string, string>();
         var cwdNode = members.Take("cwd");
-        var cwd = cwdNode is null ? null : ReadString(cwdNode, diagnostics);
+        var cwd = cwdNode is null ? null : PolicyConfigReader.ReadString(cwdNode, diagnostics);
         var headersNode = members.Take("headers");
         var headers = headersNode is null ? new Dictionary<string, string>() : ReadStringMap(headersNode, environment, diagnostics);
         var transportNode = members.Take("transport") ?? members.Take("type");
-        var transportText = transportNode is null ? null : ReadString(transportNode, diagnostics);
+        var transportText = transportNode is null ? null : PolicyConfigReader.ReadString(transportNode, diagnostics);
         var policyNode = members.Take("policy");
-        var policy = policyNode is null ? topPolicy : ReadString(policyNode, diagnostics) is { } pp ? ResolvePath(baseDirectory, pp) : null;
+        var policy = policyNode is null ? topPolicy : PolicyConfigReader.ReadString(policyNode, diagnostics) is { } pp ? ResolvePath(baseDirectory, pp) : null;
         if (members.Take("description") is { } descNode)
         {
-            ReadString(descNode, diagnostics);
+            PolicyConfigReader.ReadString(descNode, diagnostics);
         }
         members.ReportUnknown(ServerFields);
 
@@ -309,16 +300,6 @@ public static class SidecarConfigReader
 
     private static string ResolvePath(string baseDirectory, string path) => Path.GetFullPath(Path.Combine(baseDirectory, path));
 
-    private static string? ReadString(ConfigNode node, DiagnosticBag diagnostics)
-    {
-        if (node is ConfigScalar { IsString: true } s)
-        {
-            return s.Text;
-        }
-        diagnostics.Add(node, $"expected a string, found {PolicyConfigReader.Describe(node)}");
-        return null;
-    }
-
     private static List<string> ReadStringList(ConfigNode node, DiagnosticBag diagnostics)
     {
         var result = new List<string>();
@@ -329,7 +310,7 @@ public static class SidecarConfigReader
         }
         foreach (var item in arr.Items)
         {
-            if (ReadString(item, diagnostics) is { } s)
+            if (PolicyConfigReader.ReadString(item, diagnostics) is { } s)
             {
                 result.Add(s);
             }
@@ -347,7 +328,7 @@ public static class SidecarConfigReader
         }
         foreach (var member in obj.Members)
         {
-            if (ReadString(member.Value, diagnostics) is { } value && Expand(value, member.Value, environment, diagnostics) is { } expanded)
+            if (PolicyConfigReader.ReadString(member.Value, diagnostics) is { } value && Expand(value, member.Value, environment, diagnostics) is { } expanded)
             {
                 result[member.Name] = expanded;
             }

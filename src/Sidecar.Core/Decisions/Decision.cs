@@ -17,6 +17,19 @@ public enum DecisionOutcome : byte
     InvalidArguments,
 }
 
+public static class DecisionOutcomeNames
+{
+    /// <summary>The outcome's name in errors, audit and <c>sidecar explain</c>: <c>allow</c>, <c>deny</c>, <c>rate_limited</c>, <c>require_approval</c>, <c>invalid_arguments</c>.</summary>
+    public static string ToWireName(this DecisionOutcome outcome) => outcome switch
+    {
+        DecisionOutcome.Allow => "allow",
+        DecisionOutcome.Deny => "deny",
+        DecisionOutcome.RateLimited => "rate_limited",
+        DecisionOutcome.RequireApproval => "require_approval",
+        _ => "invalid_arguments",
+    };
+}
+
 /// <summary>Who is calling: the scope keys of rate limits. Strings the caller already holds; nothing is built per call.</summary>
 public readonly record struct CallContext(string? Identity, string? Grant, string? Session)
 {

@@ -27,16 +27,7 @@ public static class PolicyCompiler
     public static PolicyModel LoadFile(string path, string? counterSpace = null)
     {
         var diagnostics = new DiagnosticBag(path);
-        byte[] bytes;
-        try
-        {
-            bytes = File.ReadAllBytes(path);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            diagnostics.Add("$", new SourceLocation(1, 1), "cannot read policy file: " + ex.Message);
-            throw new ConfigValidationException(diagnostics.Items);
-        }
+        var bytes = diagnostics.ReadFile(path, "policy") ?? throw new ConfigValidationException(diagnostics.Items);
         return Load(bytes, counterSpace ?? Path.GetFullPath(path), diagnostics)
             ?? throw new ConfigValidationException(diagnostics.Items);
     }

@@ -175,9 +175,9 @@ public static class PolicyConfigReader
 
         string? reason = members.Take("reason") is { } reasonNode ? ReadString(reasonNode, diagnostics) : null;
         string? description = members.Take("description") is { } descNode ? ReadString(descNode, diagnostics) : null;
-        var require = ReadConditions(members.Take("require"), diagnostics);
-        var denyIf = ReadConditions(members.Take("deny_if"), diagnostics);
-        var limits = ReadLimits(members.Take("limits"), diagnostics);
+        var require = ReadList(members.Take("require"), "conditions", ReadCondition, diagnostics);
+        var denyIf = ReadList(members.Take("deny_if"), "conditions", ReadCondition, diagnostics);
+        var limits = ReadList(members.Take("limits"), "limits", ReadLimit, diagnostics);
 
         TimeSpan? approvalTimeout = null;
         if (members.Take("approval_timeout") is { } timeoutNode)
@@ -211,23 +211,25 @@ public static class PolicyConfigReader
         return new RuleConfig(id, obj.Location, action, reason, require, denyIf, limits, approvalTimeout, description);
     }
 
-    private static List<ConditionConfig> ReadConditions(ConfigNode? node, DiagnosticBag diagnostics)
+    /// <summary>Reads an optional array, item by item; items with errors are reported and left out.</summary>
+    private static List<T> ReadList<T>(ConfigNode? node, string what, Func<ConfigNode, DiagnosticBag, T?> readItem, DiagnosticBag diagnostics)
+        where T : class
     {
-        var result = new List<ConditionConfig>();
+        var result = new List<T>();
         if (node is null)
         {
             return result;
         }
         if (node is not ConfigArray arr)
         {
-            diagnostics.Add(node, $"expected an array of conditions, not {node.KindName}");
+            diagnostics.Add(node, $"expected an array of {what}, not {node.KindName}");
             return result;
         }
         foreach (var item in arr.Items)
         {
-            if (ReadCondition(item, diagnostics) is { } condition)
+            if (readItem(item, diagnostics) is { } value)
             {
-                result.Add(condition);
+                result.Add(value);
             }
         }
         return result;
@@ -357,28 +359,6 @@ public static class PolicyConfigReader
         ConfigScalar s => new ConditionValue(s.Kind, s.Text, null),
         _ => throw new InvalidOperationException("objects are not condition values"),
     };
-
-    private static List<LimitConfig> ReadLimits(ConfigNode? node, DiagnosticBag diagnostics)
-    {
-        var result = new List<LimitConfig>();
-        if (node is null)
-        {
-            return result;
-        }
-        if (node is not ConfigArray arr)
-        {
-            diagnostics.Add(node, $"expected an array of limits, not {node.KindName}");
-            return result;
-        }
-        foreach (var item in arr.Items)
-        {
-            if (ReadLimit(item, diagnostics) is { } limit)
-            {
-                result.Add(limit);
-            }
-        }
-        return result;
-    }
 
     private static LimitConfig? ReadLimit(ConfigNode node, DiagnosticBag diagnostics)
     {
@@ -542,7 +522,7 @@ public static class PolicyConfigReader
             && long.TryParse(n.Text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out value);
     }
 
-    private static string? ReadString(ConfigNode node, DiagnosticBag diagnostics)
+    internal static string? ReadString(ConfigNode node, DiagnosticBag diagnostics)
     {
         if (node is ConfigScalar { IsString: true } s)
         {

@@ -100,19 +100,10 @@ internal static class ExplainCommand
         }
     }
 
-    internal static string OutcomeName(DecisionOutcome outcome) => outcome switch
-    {
-        DecisionOutcome.Allow => "allow",
-        DecisionOutcome.Deny => "deny",
-        DecisionOutcome.RateLimited => "rate_limited",
-        DecisionOutcome.RequireApproval => "require_approval",
-        _ => "invalid_arguments",
-    };
-
     private static void WriteText(TextWriter output, string tool, int count, in Decision decision)
     {
         output.WriteLine($"tool:      {tool}{(count > 1 ? $" (call {count} of {count})" : "")}");
-        output.WriteLine($"decision:  {OutcomeName(decision.Outcome)}{(decision.Enforced ? "" : " (shadow mode: recorded, not enforced)")}");
+        output.WriteLine($"decision:  {decision.Outcome.ToWireName()}{(decision.Enforced ? "" : " (shadow mode: recorded, not enforced)")}");
         output.WriteLine($"rule:      {decision.Rule}");
         output.WriteLine($"reason:    {decision.Reason}");
         if (decision.Remaining >= 0)
@@ -137,7 +128,7 @@ internal static class ExplainCommand
             writer.WriteStartObject();
             writer.WriteString("tool", tool);
             writer.WriteNumber("call", count);
-            writer.WriteString("decision", OutcomeName(decision.Outcome));
+            writer.WriteString("decision", decision.Outcome.ToWireName());
             writer.WriteBoolean("enforced", decision.Enforced);
             writer.WriteString("rule", decision.Rule);
             writer.WriteString("reason", decision.Reason);

@@ -196,11 +196,11 @@ internal sealed class AgentSession : IAsyncDisposable
         if (!decision.Enforced)
         {
             Log.LogInformation("Shadow mode: {Server}/{Tool} would be {Outcome} by {Rule}: {Reason}",
-                _server.Name, tool, DecisionNames.Of(decision.Outcome), decision.Rule, decision.Reason);
+                _server.Name, tool, decision.Outcome.ToWireName(), decision.Rule, decision.Reason);
             return false;
         }
         Log.LogInformation("Blocked {Server}/{Tool} in session {Session}: {Outcome} by {Rule}: {Reason}",
-            _server.Name, tool, Id, DecisionNames.Of(decision.Outcome), decision.Rule, decision.Reason);
+            _server.Name, tool, Id, decision.Outcome.ToWireName(), decision.Rule, decision.Reason);
         return true;
     }
 

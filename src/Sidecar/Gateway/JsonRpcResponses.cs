@@ -87,7 +87,7 @@ internal static class JsonRpcResponses
         }
         writer.WriteString("tool"u8, tool);
         writer.WriteString("server"u8, server);
-        writer.WriteString("decision"u8, DecisionNames.Of(decision.Outcome));
+        writer.WriteString("decision"u8, decision.Outcome.ToWireName());
         writer.WriteString("rule"u8, decision.Rule);
         writer.WriteString("reason"u8, decision.Reason);
         if (decision.RetryAfterMs >= 0)
@@ -164,16 +164,4 @@ internal static class JsonRpcResponses
             writer.WriteRawValue(rawId, skipInputValidation: true);
         }
     }
-}
-
-internal static class DecisionNames
-{
-    public static string Of(DecisionOutcome outcome) => outcome switch
-    {
-        DecisionOutcome.Allow => "allow",
-        DecisionOutcome.Deny => "deny",
-        DecisionOutcome.RateLimited => "rate_limited",
-        DecisionOutcome.RequireApproval => "require_approval",
-        _ => "invalid_arguments",
-    };
 }

@@ -34,42 +34,25 @@ internal sealed class McpEndpoints(Gateway gateway, ILogger logger)
                 "Not Acceptable: the client must accept both application/json and text/event-stream").ConfigureAwait(false);
             return;
         }
-        if (!HttpGuards.IsJsonContent(request))
+        if (await ReadJsonBodyAsync(context).ConfigureAwait(false) is not { } body)
         {
-            await WriteErrorAsync(context, StatusCodes.Status415UnsupportedMediaType, ErrorCodes.ServerError,
-                "Unsupported Media Type: Content-Type must be application/json").ConfigureAwait(false);
-            return;
-        }
-
-        var body = await ReadBodyAsync(context, gateway.Options.Limits.MaxMessageBytes).ConfigureAwait(false);
-        if (body.Error is not null)
-        {
-            await WriteErrorAsync(context, body.Status, ErrorCodes.InvalidRequest, body.Error).ConfigureAwait(false);
             return;
         }
         try
         {
-            await HandlePostAsync(context, server, body.Buffer).ConfigureAwait(false);
+            await HandlePostAsync(context, server, body).ConfigureAwait(false);
         }
         finally
         {
-            request.BodyReader.AdvanceTo(body.Buffer.End);
+            request.BodyReader.AdvanceTo(body.End);
         }
     }
 
     private async Task HandlePostAsync(HttpContext context, ServerRuntime server, ReadOnlySequence<byte> body)
     {
         var request = context.Request;
-        var status = JsonRpcScanner.Scan(body, out var scan, gateway.Options.Scanner);
-        if (status != ScanStatus.Ok && !(status == ScanStatus.InvalidParams && scan.Kind == JsonRpcMessageKind.Request))
+        if (await ScanOrRefuseAsync(context, body).ConfigureAwait(false) is not { } scan)
         {
-            await WriteScanErrorAsync(context, scan).ConfigureAwait(false);
-            return;
-        }
-        if (scan.Kind == JsonRpcMessageKind.Notification && scan.Method == McpMethod.ToolsCall)
-        {
-            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.InvalidRequest,
-                "Invalid Request: tools/call must be a request with an id, not a notification").ConfigureAwait(false);
             return;
         }
 
@@ -339,44 +322,28 @@ internal sealed class McpEndpoints(Gateway gateway, ILogger logger)
             await WriteErrorAsync(context, StatusCodes.Status404NotFound, ErrorCodes.ServerError, "Not Found: unknown or expired session").ConfigureAwait(false);
             return;
         }
-        if (!HttpGuards.IsJsonContent(context.Request))
+        if (await ReadJsonBodyAsync(context).ConfigureAwait(false) is not { } body)
         {
-            await WriteErrorAsync(context, StatusCodes.Status415UnsupportedMediaType, ErrorCodes.ServerError,
-                "Unsupported Media Type: Content-Type must be application/json").ConfigureAwait(false);
-            return;
-        }
-        var body = await ReadBodyAsync(context, gateway.Options.Limits.MaxMessageBytes).ConfigureAwait(false);
-        if (body.Error is not null)
-        {
-            await WriteErrorAsync(context, body.Status, ErrorCodes.InvalidRequest, body.Error).ConfigureAwait(false);
             return;
         }
         try
         {
-            var status = JsonRpcScanner.Scan(body.Buffer, out var scan, gateway.Options.Scanner);
-            if (status != ScanStatus.Ok && !(status == ScanStatus.InvalidParams && scan.Kind == JsonRpcMessageKind.Request))
+            if (await ScanOrRefuseAsync(context, body).ConfigureAwait(false) is not { } scan)
             {
-                await WriteScanErrorAsync(context, scan).ConfigureAwait(false);
-                return;
-            }
-            if (scan.Kind == JsonRpcMessageKind.Notification && scan.Method == McpMethod.ToolsCall)
-            {
-                await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.InvalidRequest,
-                    "Invalid Request: tools/call must be a request with an id, not a notification").ConfigureAwait(false);
                 return;
             }
             // Answers go to the session's SSE stream: the POST itself is only acknowledged.
             var sink = session.StreamSink ?? new MessageSink(isStream: true, acceptsRelatedMessages: true);
             if (scan.Kind == JsonRpcMessageKind.Batch)
             {
-                foreach (var range in BatchRanges(body.Buffer))
+                foreach (var range in BatchRanges(body))
                 {
-                    await ProcessBatchElementAsync(session, body.Buffer.Slice(range.Start, range.Length), sink, context.RequestAborted).ConfigureAwait(false);
+                    await ProcessBatchElementAsync(session, body.Slice(range.Start, range.Length), sink, context.RequestAborted).ConfigureAwait(false);
                 }
             }
             else
             {
-                await session.ProcessAsync(body.Buffer, scan, sink, context.RequestAborted).ConfigureAwait(false);
+                await session.ProcessAsync(body, scan, sink, context.RequestAborted).ConfigureAwait(false);
             }
             context.Response.StatusCode = StatusCodes.Status202Accepted;
             context.Response.ContentType = "text/plain";
@@ -384,7 +351,7 @@ internal sealed class McpEndpoints(Gateway gateway, ILogger logger)
         }
         finally
         {
-            context.Request.BodyReader.AdvanceTo(body.Buffer.End);
+            context.Request.BodyReader.AdvanceTo(body.End);
         }
     }
 
@@ -542,6 +509,45 @@ internal sealed class McpEndpoints(Gateway gateway, ILogger logger)
         {
             // The agent went away.
         }
+    }
+
+    /// <summary>Checks the media type and reads the whole body. Null when an error response was written instead.</summary>
+    private async Task<ReadOnlySequence<byte>?> ReadJsonBodyAsync(HttpContext context)
+    {
+        if (!HttpGuards.IsJsonContent(context.Request))
+        {
+            await WriteErrorAsync(context, StatusCodes.Status415UnsupportedMediaType, ErrorCodes.ServerError,
+                "Unsupported Media Type: Content-Type must be application/json").ConfigureAwait(false);
+            return null;
+        }
+        var body = await ReadBodyAsync(context, gateway.Options.Limits.MaxMessageBytes).ConfigureAwait(false);
+        if (body.Error is not null)
+        {
+            await WriteErrorAsync(context, body.Status, ErrorCodes.InvalidRequest, body.Error).ConfigureAwait(false);
+            return null;
+        }
+        return body.Buffer;
+    }
+
+    /// <summary>
+    /// Scans a body and answers what must go no further: anything the scanner rejects (a request with invalid
+    /// params is answered in its session, with its id) and a <c>tools/call</c> sent as a notification.
+    /// </summary>
+    private async Task<JsonRpcScan?> ScanOrRefuseAsync(HttpContext context, ReadOnlySequence<byte> body)
+    {
+        var status = JsonRpcScanner.Scan(body, out var scan, gateway.Options.Scanner);
+        if (status != ScanStatus.Ok && !(status == ScanStatus.InvalidParams && scan.Kind == JsonRpcMessageKind.Request))
+        {
+            await WriteScanErrorAsync(context, scan).ConfigureAwait(false);
+            return null;
+        }
+        if (scan.Kind == JsonRpcMessageKind.Notification && scan.Method == McpMethod.ToolsCall)
+        {
+            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.InvalidRequest,
+                "Invalid Request: tools/call must be a request with an id, not a notification").ConfigureAwait(false);
+            return null;
+        }
+        return scan;
     }
 
     private readonly record struct Body(ReadOnlySequence<byte> Buffer, int Status, string? Error);

@@ -11,9 +11,10 @@ namespace Sidecar.Upstreams;
 /// <see cref="UpstreamEventKind.SendFailed"/> for that first send.
 /// </summary>
 /// <remarks>Owns one pooled HTTP client shared by its connections; dispose it after them.</remarks>
-public sealed class StreamableHttpUpstreamConnector : IUpstreamConnector, IDisposable
+public sealed class StreamableHttpUpstreamConnector : IUpstreamConnector, IStatelessUpstream, IDisposable
 {
     private readonly HttpUpstream _http;
+    private readonly StatelessHttpUpstream _stateless;
 
     public StreamableHttpUpstreamConnector(ServerConfig server, GatewayLimits limits, ILoggerFactory? loggers)
     {
@@ -24,7 +25,13 @@ public sealed class StreamableHttpUpstreamConnector : IUpstreamConnector, IDispo
             throw new ArgumentException($"server '{server.Name}' is not a Streamable HTTP server with a url", nameof(server));
         }
         _http = new HttpUpstream(server, limits, loggers?.CreateLogger(UpstreamLog.Category) ?? NullLogger.Instance);
+        _stateless = new StatelessHttpUpstream(_http);
     }
+
+    public ValueTask<bool> SpeaksStatelessAsync(CancellationToken cancellationToken) => _stateless.SpeaksStatelessAsync(cancellationToken);
+
+    public Task<StatelessExchange> SendStatelessAsync(ReadOnlyMemory<byte> request, IReadOnlyList<KeyValuePair<string, string>> mcpHeaders,
+        CancellationToken cancellationToken) => _stateless.SendAsync(request, mcpHeaders, cancellationToken);
 
     public string Name => _http.Name;
 

@@ -166,43 +166,8 @@ internal sealed class AgentSession : IAsyncDisposable
         return true;
     }
 
-    /// <summary>Decides a <c>tools/call</c>. Returns true when the call is blocked (the decision says why).</summary>
     private bool Decide(ReadOnlySequence<byte> message, in JsonRpcScan scan, out Decision decision, out string? tool)
-    {
-        Span<char> stackName = stackalloc char[128];
-        var name = stackName;
-        char[]? heapName = null;
-        if (!JsonRpcScanner.TryCopyName(message, scan, name, out var length))
-        {
-            heapName = new char[scan.Name.Length];
-            name = heapName;
-            if (!JsonRpcScanner.TryCopyName(message, scan, name, out length))
-            {
-                length = 0;
-            }
-        }
-        name = name[..length];
-
-        var policy = _server.Policy;
-        var context = new CallContext(null, null, Id);
-        var arguments = scan.Arguments.IsEmpty ? default : message.Slice(scan.Arguments.Start, scan.Arguments.Length);
-        _server.Engine.Decide(policy, context, name, new Utf8JsonReader(arguments), approved: false, out decision);
-        if (decision.IsAllowed)
-        {
-            tool = null;
-            return false;
-        }
-        tool = name.ToString();
-        if (!decision.Enforced)
-        {
-            Log.LogInformation("Shadow mode: {Server}/{Tool} would be {Outcome} by {Rule}: {Reason}",
-                _server.Name, tool, decision.Outcome.ToWireName(), decision.Rule, decision.Reason);
-            return false;
-        }
-        Log.LogInformation("Blocked {Server}/{Tool} in session {Session}: {Outcome} by {Rule}: {Reason}",
-            _server.Name, tool, Id, decision.Outcome.ToWireName(), decision.Rule, decision.Reason);
-        return true;
-    }
+        => ToolCallPolicy.Decide(_server, message, scan, new CallContext(null, null, Id), Id, out decision, out tool);
 
     private async ValueTask ForwardAsync(ReadOnlySequence<byte> message, long correlation, CancellationToken cancellationToken)
     {

@@ -12,7 +12,7 @@ namespace Sidecar.Gateway;
 /// The agent side: Streamable HTTP (<c>POST|GET|DELETE /servers/{name}/mcp</c>) and legacy HTTP+SSE
 /// (<c>GET /servers/{name}/sse</c> + <c>POST /servers/{name}/message?sessionId=</c>).
 /// </summary>
-internal sealed class McpEndpoints(Gateway gateway, ILogger logger)
+internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
 {
     private const string SessionHeader = "Mcp-Session-Id";
     private static readonly TimeSpan KeepAliveInterval = TimeSpan.FromSeconds(15);
@@ -57,6 +57,13 @@ internal sealed class McpEndpoints(Gateway gateway, ILogger logger)
         }
 
         var version = request.Headers["MCP-Protocol-Version"];
+        if (version.Count == 1 && version[0] == "2026-07-28"
+            && server.Connector is Upstreams.IStatelessUpstream stateless
+            && await SpeaksStatelessAsync(stateless, context.RequestAborted).ConfigureAwait(false))
+        {
+            await HandleStatelessAsync(context, server, stateless, body, scan).ConfigureAwait(false);
+            return;
+        }
         if (version.Count == 1 && version[0] == "2026-07-28")
         {
             // The stateless era: this gateway serves upstreams in the session era; say so the way dual-era clients

@@ -1,0 +1,236 @@
+using System.Buffers;
+using System.Text;
+using System.Text.Json;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Logging;
+using Sidecar.Decisions;
+using Sidecar.JsonRpc;
+using Sidecar.Upstreams;
+
+namespace Sidecar.Gateway;
+
+/// <summary>
+/// The stateless era (MCP 2026-07-28) in front of an upstream that speaks it: one self-contained request per POST,
+/// no session. The mirrored <c>Mcp-Method</c>/<c>Mcp-Name</c> headers must say what the body says (the decision is
+/// always made on the body); the request is decided like any other and passed through.
+/// </summary>
+internal sealed partial class McpEndpoints
+{
+    private const int HeaderMismatch = -32020;
+    private static readonly string[] s_forwardedHeaders = ["MCP-Protocol-Version", "Mcp-Method", "Mcp-Name"];
+
+    private static async ValueTask<bool> SpeaksStatelessAsync(IStatelessUpstream upstream, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await upstream.SpeaksStatelessAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
+        }
+    }
+
+    private async Task HandleStatelessAsync(HttpContext context, ServerRuntime server, IStatelessUpstream upstream,
+        ReadOnlySequence<byte> body, JsonRpcScan scan)
+    {
+        if (scan.Kind != JsonRpcMessageKind.Request)
+        {
+            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.InvalidRequest,
+                "Invalid Request: a 2026-07-28 POST carries exactly one request").ConfigureAwait(false);
+            return;
+        }
+        var rawId = body.Slice(scan.Id.Start, scan.Id.Length).ToArray();
+        if (CheckMirroredHeaders(context.Request, body, scan) is { } mismatch)
+        {
+            logger.LogWarning("Refused a stateless request to {Server}: {Reason}", server.Name, mismatch);
+            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, HeaderMismatch, mismatch, rawId).ConfigureAwait(false);
+            return;
+        }
+        if (scan.Status == ScanStatus.InvalidParams)
+        {
+            await WriteJsonAsync(context, StatusCodes.Status200OK, JsonRpcResponses.Error(rawId, ErrorCodes.InvalidParams, "Invalid params: " + scan.Error)).ConfigureAwait(false);
+            return;
+        }
+
+        var decision = default(Decision);
+        var decided = false;
+        if (scan.Method == McpMethod.ToolsCall)
+        {
+            if (ToolCallPolicy.Decide(server, body, scan, default, null, out decision, out var tool))
+            {
+                // A denial is an answer, not a transport failure: HTTP 200 with the JSON-RPC error.
+                var asResult = server.Options.BlockedCalls == Configuration.BlockedCallStyle.ToolResult;
+                await WriteJsonAsync(context, StatusCodes.Status200OK, JsonRpcResponses.Blocked(rawId, server.Name, tool!, decision, asResult)).ConfigureAwait(false);
+                return;
+            }
+            decided = true;
+        }
+
+        var headers = new List<KeyValuePair<string, string>>(4);
+        foreach (var (name, values) in context.Request.Headers)
+        {
+            if (values.Count == 1 && values[0] is { } value
+                && (Array.Exists(s_forwardedHeaders, h => h.Equals(name, StringComparison.OrdinalIgnoreCase))
+                    || name.StartsWith("Mcp-Param-", StringComparison.OrdinalIgnoreCase)))
+            {
+                headers.Add(new(name, value));
+            }
+        }
+
+        StatelessExchange exchange;
+        try
+        {
+            exchange = await upstream.SendStatelessAsync(body.ToArray(), headers, context.RequestAborted).ConfigureAwait(false);
+        }
+        catch (UpstreamException ex)
+        {
+            if (decided)
+            {
+                server.Engine.Refund(ref decision);
+            }
+            await WriteJsonAsync(context, StatusCodes.Status502BadGateway,
+                JsonRpcResponses.Error(rawId, ErrorCodes.UpstreamUnavailable, $"Upstream server \"{server.Name}\" is unavailable: {ex.Message}")).ConfigureAwait(false);
+            return;
+        }
+
+        await using (exchange.ConfigureAwait(false))
+        {
+            var response = context.Response;
+            response.StatusCode = exchange.StatusCode;
+            response.ContentType = exchange.IsEventStream ? "text/event-stream" : "application/json";
+            if (exchange.IsEventStream)
+            {
+                response.Headers.CacheControl = "no-cache";
+            }
+            try
+            {
+                while (await exchange.ReadAsync(context.RequestAborted).ConfigureAwait(false) is { } message)
+                {
+                    var outgoing = ReviewStatelessMessage(server, message, rawId, scan.Method, decided, ref decision);
+                    if (outgoing is null)
+                    {
+                        continue;
+                    }
+                    if (exchange.IsEventStream)
+                    {
+                        SseWriter.WriteEvent(response.BodyWriter, "message"u8, outgoing.Value.Span);
+                    }
+                    else
+                    {
+                        response.BodyWriter.Write(outgoing.Value.Span);
+                    }
+                    await response.BodyWriter.FlushAsync(context.RequestAborted).ConfigureAwait(false);
+                }
+            }
+            catch (UpstreamException ex)
+            {
+                logger.LogWarning("Stateless answer from {Server} broke off: {Error}", server.Name, ex.Message);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Looks at one message of the upstream's answer: invalid ones are dropped, a <c>tools/list</c> result is
+    /// filtered through the policy, a failed <c>tools/call</c> gives its tokens back.
+    /// </summary>
+    private ReadOnlyMemory<byte>? ReviewStatelessMessage(ServerRuntime server, ReadOnlyMemory<byte> message, byte[] rawId, McpMethod method,
+        bool decided, ref Decision decision)
+    {
+        if (JsonRpcScanner.Scan(message.Span, out var scan, gateway.Options.Scanner) != ScanStatus.Ok)
+        {
+            logger.LogWarning("Dropped an invalid message from upstream {Server}: {Error}", server.Name, scan.Error);
+            return null;
+        }
+        if (scan.Kind == JsonRpcMessageKind.ErrorResponse && decided)
+        {
+            server.Engine.Refund(ref decision);
+        }
+        if (scan.Kind == JsonRpcMessageKind.Response && method == McpMethod.ToolsList)
+        {
+            try
+            {
+                return ToolListFilter.Filter(message, server.Policy, rawId, out _) ?? message;
+            }
+            catch (JsonException)
+            {
+                return JsonRpcResponses.Error(rawId, ErrorCodes.InternalError, "Internal error: the upstream tools/list response could not be checked");
+            }
+        }
+        return message;
+    }
+
+    /// <summary>
+    /// The mirrored headers must match the body exactly (after decoding <c>=?base64?…?=</c>): <c>Mcp-Method</c> always,
+    /// <c>Mcp-Name</c> for <c>tools/call</c> and <c>prompts/get</c> (<c>params.name</c>) and <c>resources/read</c>
+    /// (<c>params.uri</c>). Returns why not, or null.
+    /// </summary>
+    internal static string? CheckMirroredHeaders(HttpRequest request, ReadOnlySequence<byte> body, in JsonRpcScan scan)
+    {
+        foreach (var (name, values) in request.Headers)
+        {
+            if (values.Count > 1 && name.StartsWith("Mcp-", StringComparison.OrdinalIgnoreCase))
+            {
+                return $"Header mismatch: more than one {name} header";
+            }
+        }
+        var method = UnescapeString(body, scan.MethodName);
+        if (Mirror(request, "Mcp-Method", method ?? "") is { } methodError)
+        {
+            return methodError;
+        }
+        var named = scan.Method switch
+        {
+            McpMethod.ToolsCall or McpMethod.PromptsGet => UnescapeString(body, scan.Name),
+            McpMethod.ResourcesRead => UnescapeString(body, scan.Uri),
+            _ => null,
+        };
+        return named is null ? null : Mirror(request, "Mcp-Name", named);
+    }
+
+    private static string? Mirror(HttpRequest request, string header, string expected)
+    {
+        var values = request.Headers[header];
+        if (values.Count == 0)
+        {
+            return $"Header mismatch: {header} is required and must be \"{expected}\"";
+        }
+        var decoded = DecodeHeaderValue(values[0]!);
+        return decoded == expected ? null : $"Header mismatch: {header} says \"{decoded}\" but the body says \"{expected}\"";
+    }
+
+    /// <summary>Unsafe values travel as <c>=?base64?…?=</c> (UTF-8).</summary>
+    internal static string? DecodeHeaderValue(string value)
+    {
+        if (!value.StartsWith("=?base64?", StringComparison.Ordinal) || !value.EndsWith("?=", StringComparison.Ordinal) || value.Length < 11)
+        {
+            return value;
+        }
+        try
+        {
+            return new UTF8Encoding(false, true).GetString(Convert.FromBase64String(value[9..^2]));
+        }
+        catch (Exception ex) when (ex is FormatException or DecoderFallbackException)
+        {
+            return null;
+        }
+    }
+
+    private static string? UnescapeString(ReadOnlySequence<byte> body, TokenRange token)
+    {
+        if (token.IsEmpty)
+        {
+            return null;
+        }
+        var reader = new Utf8JsonReader(body.Slice(token.Start, token.Length));
+        reader.Read();
+        return reader.GetString();
+    }
+
+    private static async Task WriteJsonAsync(HttpContext context, int status, byte[] body)
+    {
+        context.Response.StatusCode = status;
+        context.Response.ContentType = "application/json";
+        await context.Response.BodyWriter.WriteAsync(body, context.RequestAborted).ConfigureAwait(false);
+    }
+}

@@ -23,7 +23,7 @@ public static class Payloads
     public static readonly byte[] EscapedNameCall = Encoding.UTF8.GetBytes(
         """{"jsonrpc":"2.0","id":1287,"method":"tools/call","params":{"name":"send\u005frequest","arguments":{"url":"https://api.example.com/v2/orders?status=open&limit=50","method":"GET","headers":{"Accept":"application/json","X-Request-Id":"5f0c6a2e-9b7d-4f1a-8e3c-2d9b7a6c1e04"},"timeout_ms":5000},"_meta":{"progressToken":"pt-6f9a1c"}}}""");
 
-    /// <summary>A ~4 KB <c>tools/call</c>: a POST whose <c>arguments.body</c> is an order with 36 line items.</summary>
+    /// <summary>A ~4 KB <c>tools/call</c>: a POST whose <c>arguments.body</c> is an order with 42 line items.</summary>
     public static readonly byte[] LargeCall = BuildLargeCall();
 
     /// <summary>The typical call as one segment (what a pipe hands over most of the time).</summary>
@@ -34,6 +34,8 @@ public static class Payloads
 
     public const int SegmentSize = 64;
 
+    private const int LargeCallItems = 42;
+
     private static byte[] BuildLargeCall()
     {
         var sb = new StringBuilder(4200);
@@ -43,7 +45,7 @@ public static class Payloads
         sb.Append("'headers':{'Accept':'application/json','Content-Type':'application/json',");
         sb.Append("'X-Request-Id':'0b8e1f9c-3a4d-4e2b-9c7f-6a5d4e3c2b1a','Idempotency-Key':'ord-2024-11-30-000871'},");
         sb.Append("'body':{'customer':{'id':'cus_8H2kLm41','email':'ops@example.com','tier':'gold'},'currency':'EUR','items':[");
-        for (var i = 0; i < 36; i++)
+        for (var i = 0; i < LargeCallItems; i++)
         {
             sb.Append(i == 0 ? "" : ",").Append(CultureInfo.InvariantCulture,
                 $"{{'sku':'SKU-{10400 + (i * 37)}','qty':{(i % 5) + 1},'unit_price':{12.5 + i:0.00},'note':'line {i}, gift-wrapped: no'}}");

@@ -35,6 +35,10 @@ public class ScanBenchmarks
         _typicalScan = ScanOk(_typical);
         _escapedScan = ScanOk(_escaped);
         _ = ScanOk(_large);
+        if (_large.Length is < 3900 or > 4300)
+        {
+            throw new InvalidOperationException($"the ~4 KB fixture is {_large.Length} bytes");
+        }
         if (JsonRpcScanner.Scan(_multiSegment, out _multiSegmentScan) != ScanStatus.Ok || _multiSegment.IsSingleSegment)
         {
             throw new InvalidOperationException("multi-segment fixture does not scan");

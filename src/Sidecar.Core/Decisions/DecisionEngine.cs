@@ -18,12 +18,19 @@ public sealed class DecisionEngine(RateLimitStore store)
 {
     public RateLimitStore Store { get; } = store;
 
+    /// <summary>The arguments of a call that has none: an empty object, as the upstream will read it.</summary>
+    public static ReadOnlySpan<byte> NoArguments => "{}"u8;
+
     /// <summary>Decides a call whose arguments are the UTF-8 JSON object <paramref name="arguments"/> (empty = no arguments).</summary>
     public void Decide(PolicyModel policy, in CallContext context, ReadOnlySpan<char> tool, ReadOnlySpan<byte> arguments,
         bool approved, out Decision decision)
-        => Decide(policy, context, tool, new Utf8JsonReader(arguments), approved, out decision);
+        => Decide(policy, context, tool, new Utf8JsonReader(arguments.IsEmpty ? NoArguments : arguments), approved, out decision);
 
-    /// <summary>Decides a call whose arguments are a JSON object in <paramref name="arguments"/>, a reader positioned before it.</summary>
+    /// <summary>
+    /// Decides a call whose arguments are a JSON object in <paramref name="arguments"/>, a reader positioned before it
+    /// (a call without arguments passes a reader over <see cref="NoArguments"/>). Malformed arguments are refused as
+    /// invalid arguments; this method never throws on them.
+    /// </summary>
     public void Decide(PolicyModel policy, in CallContext context, ReadOnlySpan<char> tool, Utf8JsonReader arguments,
         bool approved, out Decision decision)
     {
@@ -51,25 +58,30 @@ public sealed class DecisionEngine(RateLimitStore store)
             {
                 return;
             }
+
+            if (!approved && (rule.Action == RuleAction.RequireApproval || all is { Action: RuleAction.RequireApproval }))
+            {
+                var approvalRule = rule.Action == RuleAction.RequireApproval ? rule : all!;
+                Set(ref decision, DecisionOutcome.RequireApproval, approvalRule.Id, approvalRule.Reason);
+                decision.ApprovalTimeout = approvalRule.ApprovalTimeout;
+                return;
+            }
+
+            if (rule.Limits.Length > 0 || all is { Limits.Length: > 0 })
+            {
+                // One clock read per call: every limit of the call is charged at the same instant.
+                var now = Store.Now;
+                if ((all is not null && !TakeLimits(policy, all, context, arguments, now, ref decision))
+                    || !TakeLimits(policy, rule, context, arguments, now, ref decision))
+                {
+                    return;
+                }
+            }
         }
         catch (Exception ex) when (ex is JsonException or InvalidOperationException)
         {
-            // Arguments the scanner let through can't be malformed; this keeps the engine total on direct use.
-            Set(ref decision, DecisionOutcome.InvalidArguments, rule.Id, "arguments are not a valid JSON object");
-            return;
-        }
-
-        if (!approved && (rule.Action == RuleAction.RequireApproval || all is { Action: RuleAction.RequireApproval }))
-        {
-            var approvalRule = rule.Action == RuleAction.RequireApproval ? rule : all!;
-            Set(ref decision, DecisionOutcome.RequireApproval, approvalRule.Id, approvalRule.Reason);
-            decision.ApprovalTimeout = approvalRule.ApprovalTimeout;
-            return;
-        }
-
-        if ((all is not null && !TakeLimits(policy, all, context, arguments, ref decision))
-            || !TakeLimits(policy, rule, context, arguments, ref decision))
-        {
+            // The gateway's scanner never lets malformed arguments through; this keeps the engine total on direct use.
+            Reject(ref decision, DecisionOutcome.InvalidArguments, rule.Id, "arguments are not a valid JSON object");
             return;
         }
 
@@ -109,15 +121,9 @@ public sealed class DecisionEngine(RateLimitStore store)
         return false;
     }
 
-    private bool TakeLimits(PolicyModel policy, RuleModel rule, in CallContext context, Utf8JsonReader arguments, ref Decision decision)
+    private bool TakeLimits(PolicyModel policy, RuleModel rule, in CallContext context, Utf8JsonReader arguments, long now, ref Decision decision)
     {
-        var limits = rule.Limits;
-        if (limits.Length == 0)
-        {
-            return true;
-        }
-        var now = Store.Now;
-        foreach (var limit in limits)
+        foreach (var limit in rule.Limits)
         {
             var counter = limit.Counter;
             long cost = 1;

@@ -29,8 +29,10 @@ internal static class ToolCallPolicy
         name = name[..length];
 
         var policy = server.Policy;
-        var arguments = scan.Arguments.IsEmpty ? default : message.Slice(scan.Arguments.Start, scan.Arguments.Length);
-        server.Engine.Decide(policy, context, name, new Utf8JsonReader(arguments), approved: false, out decision);
+        var reader = scan.Arguments.IsEmpty
+            ? new Utf8JsonReader(DecisionEngine.NoArguments)
+            : new Utf8JsonReader(message.Slice(scan.Arguments.Start, scan.Arguments.Length));
+        server.Engine.Decide(policy, context, name, reader, approved: false, out decision);
         if (decision.IsAllowed)
         {
             tool = null;

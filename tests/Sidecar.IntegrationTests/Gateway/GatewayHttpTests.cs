@@ -100,6 +100,19 @@ public sealed class GatewayHttpTests(GatewayFixture fixture) : IClassFixture<Gat
     }
 
     [Fact]
+    public async Task A_call_without_arguments_is_decided_on_an_empty_object()
+    {
+        var session = await OpenSessionAsync();
+        var id = Random.Shared.Next(100_000, 999_999);
+        // get-sum's rule is deny_if args.a > 100: with no arguments nothing matches, so the server gets the call.
+        using var response = await PostAsync("stdio", "{\"jsonrpc\":\"2.0\",\"id\":" + id + ",\"method\":\"tools/call\",\"params\":{\"name\":\"get-sum\"}}", session);
+        var message = (await MessagesAsync(response)).Single();
+        var code = message.TryGetProperty("error", out var error) ? error.GetProperty("code").GetInt32() : 0;
+        Assert.True(code is not (-32010 or -32014), message.GetRawText());
+        Assert.Contains(fixture.RecordedLines(), line => line.Contains($"\"id\":{id},", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task Duplicate_name_keys_are_refused_before_the_upstream()
     {
         var session = await OpenSessionAsync();

@@ -280,6 +280,45 @@ public class DecisionEngineTests
     }
 
     [Fact]
+    public void A_call_without_arguments_is_decided_as_an_empty_object()
+    {
+        var policy = Policies.Compile("""
+            { "version": "1", "tools": {
+                "a": { "deny_if": [ { "path": "args.mode", "op": "not_in", "value": ["safe"] } ] },
+                "b": { "require": [ { "path": "args.x", "op": "exists", "value": false } ] },
+                "c": { "limits": [ { "counter": "spend", "window": "day", "max": 10, "increment_from": "args.amount" } ] },
+                "d": { "deny_if": [ { "path": "args.x", "op": "eq", "value": 1 } ] } } }
+            """);
+        DecisionOutcome Outcome(string tool)
+        {
+            _engine.Decide(policy, Alice, tool, ReadOnlySpan<byte>.Empty, false, out var d);
+            return d.Outcome;
+        }
+        Assert.Equal(DecisionOutcome.Deny, Outcome("a"));              // args.mode is absent: not_in holds
+        Assert.Equal(DecisionOutcome.Allow, Outcome("b"));
+        Assert.Equal(DecisionOutcome.InvalidArguments, Outcome("c"));  // nothing to spend
+        Assert.Equal(DecisionOutcome.Allow, Outcome("d"));
+    }
+
+    [Theory]
+    [InlineData("{\"amount\":")]
+    [InlineData("{\"amount\" 5}")]
+    [InlineData("[5]")]
+    public void Malformed_arguments_on_a_spend_limit_are_refused_and_spend_nothing(string args)
+    {
+        var policy = Policies.Compile("""
+            { "version": "1",
+              "all_tools": { "limits": [ { "counter": "calls", "window": "day", "max": 1 } ] },
+              "tools": { "c": { "limits": [ { "counter": "spend", "window": "day", "max": 10, "increment_from": "args.amount" } ] } } }
+            """);
+        var d = Decide(policy, "c", args);
+        Assert.Equal(DecisionOutcome.InvalidArguments, d.Outcome);
+        Assert.Equal(0, d.ChargeCount);
+        // The all_tools token taken before the failure was given back.
+        Assert.Equal(DecisionOutcome.Allow, Decide(policy, "c", """{"amount": 3}""").Outcome);
+    }
+
+    [Fact]
     public void Typical_decision_allocates_nothing()
     {
         var policy = Product;

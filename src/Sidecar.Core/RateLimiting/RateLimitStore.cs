@@ -114,7 +114,7 @@ public sealed class RateLimitStore
                 charged = null;
                 return new AcquireResult(AcquireStatus.Rejected, 0, emission);
             }
-            var result = TryAcquire(bucket, emission, tolerance, cost, now);
+            var result = TryAcquire(bucket, emission, tolerance, max, cost, now);
             if (result.Status != AcquireStatus.Rejected || Volatile.Read(ref bucket.Tat) != RateBucket.Tombstone)
             {
                 charged = result.Acquired ? bucket : null;
@@ -126,9 +126,9 @@ public sealed class RateLimitStore
     }
 
     /// <summary>GCRA on one bucket. Returns Rejected with RetryAfterTicks = -1 if the bucket was retired.</summary>
-    internal static AcquireResult TryAcquire(RateBucket bucket, long emission, long tolerance, long cost, long now)
+    internal static AcquireResult TryAcquire(RateBucket bucket, long emission, long tolerance, long max, long cost, long now)
     {
-        if (cost > tolerance / emission)
+        if (cost > max)
         {
             return new AcquireResult(AcquireStatus.Never, AvailableTokens(Volatile.Read(ref bucket.Tat), emission, tolerance, now), -1);
         }

@@ -42,7 +42,7 @@ public sealed class SseUpstreamConnection : IUpstreamConnection
 
     private readonly HttpUpstream _http;
     private readonly UpstreamEventSink _sink = new();
-    private readonly Channel<Outgoing> _outgoing = Channel.CreateBounded<Outgoing>(new BoundedChannelOptions(OutgoingCapacity)
+    private readonly Channel<OutgoingMessage> _outgoing = Channel.CreateBounded<OutgoingMessage>(new BoundedChannelOptions(OutgoingCapacity)
     {
         FullMode = BoundedChannelFullMode.Wait,
         SingleReader = false, // the sender loop, and a failing connection draining what is left
@@ -58,7 +58,6 @@ public sealed class SseUpstreamConnection : IUpstreamConnection
     private int _disposing;
     private Task? _disposal;
 
-    private readonly record struct Outgoing(byte[] Buffer, int Length, long Correlation);
 
     private SseUpstreamConnection(HttpUpstream http) => _http = http;
 
@@ -234,27 +233,12 @@ public sealed class SseUpstreamConnection : IUpstreamConnection
         }
         var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(1, (int)message.Length));
         message.CopyTo(buffer);
-        var item = new Outgoing(buffer, (int)message.Length, correlation);
+        var item = new OutgoingMessage(buffer, (int)message.Length, correlation);
         return _outgoing.Writer.TryWrite(item) ? default : SendSlowAsync(item, cancellationToken);
     }
 
-    private async ValueTask SendSlowAsync(Outgoing item, CancellationToken cancellationToken)
-    {
-        try
-        {
-            await _outgoing.Writer.WriteAsync(item, cancellationToken).ConfigureAwait(false);
-        }
-        catch (ChannelClosedException)
-        {
-            ArrayPool<byte>.Shared.Return(item.Buffer);
-            throw ClosedException();
-        }
-        catch (OperationCanceledException)
-        {
-            ArrayPool<byte>.Shared.Return(item.Buffer);
-            throw;
-        }
-    }
+    private ValueTask SendSlowAsync(OutgoingMessage item, CancellationToken cancellationToken)
+        => OutgoingMessage.WriteSlowAsync(_outgoing.Writer, item, ClosedException, cancellationToken);
 
     private UpstreamException ClosedException() =>
         Volatile.Read(ref _failure) is { } failure
@@ -292,7 +276,7 @@ public sealed class SseUpstreamConnection : IUpstreamConnection
         }
     }
 
-    private async Task PostAsync(Outgoing item)
+    private async Task PostAsync(OutgoingMessage item)
     {
         var timeoutAfter = _http.Limits.UpstreamTimeout;
         using var request = new HttpRequestMessage(HttpMethod.Post, _endpoint);

@@ -54,7 +54,7 @@ public sealed class StdioUpstreamConnection : IUpstreamConnection
     private readonly GatewayLimits _limits;
     private readonly ILogger _logger;
     private readonly UpstreamEventSink _sink = new();
-    private readonly Channel<Outgoing> _outgoing = Channel.CreateBounded<Outgoing>(new BoundedChannelOptions(OutgoingCapacity)
+    private readonly Channel<OutgoingMessage> _outgoing = Channel.CreateBounded<OutgoingMessage>(new BoundedChannelOptions(OutgoingCapacity)
     {
         FullMode = BoundedChannelFullMode.Wait,
         SingleReader = true,
@@ -70,7 +70,6 @@ public sealed class StdioUpstreamConnection : IUpstreamConnection
     private int _disposing;
     private Task? _disposal;
 
-    private readonly record struct Outgoing(byte[] Buffer, int Length, long Correlation);
 
     internal StdioUpstreamConnection(string name, Process process, GatewayLimits limits, ILogger logger)
     {
@@ -122,7 +121,7 @@ public sealed class StdioUpstreamConnection : IUpstreamConnection
         }
         buffer[length] = (byte)'\n';
 
-        var item = new Outgoing(buffer, length + 1, correlation);
+        var item = new OutgoingMessage(buffer, length + 1, correlation);
         if (_outgoing.Writer.TryWrite(item))
         {
             return default;
@@ -130,23 +129,8 @@ public sealed class StdioUpstreamConnection : IUpstreamConnection
         return SendSlowAsync(item, cancellationToken);
     }
 
-    private async ValueTask SendSlowAsync(Outgoing item, CancellationToken cancellationToken)
-    {
-        try
-        {
-            await _outgoing.Writer.WriteAsync(item, cancellationToken).ConfigureAwait(false);
-        }
-        catch (ChannelClosedException)
-        {
-            ArrayPool<byte>.Shared.Return(item.Buffer);
-            throw ClosedException();
-        }
-        catch (OperationCanceledException)
-        {
-            ArrayPool<byte>.Shared.Return(item.Buffer);
-            throw;
-        }
-    }
+    private ValueTask SendSlowAsync(OutgoingMessage item, CancellationToken cancellationToken)
+        => OutgoingMessage.WriteSlowAsync(_outgoing.Writer, item, ClosedException, cancellationToken);
 
     private UpstreamException ClosedException() =>
         Volatile.Read(ref _failure) is { } failure

@@ -2,7 +2,8 @@
 // Minimal MCP echo server over Streamable HTTP, for the load bench. Binds 127.0.0.1 only.
 //   node http.cjs PORT
 // POST /mcp: JSON responses (never SSE); initialize issues an Mcp-Session-Id; notifications/responses get 202.
-// GET /mcp: 405 (no server-initiated stream). DELETE /mcp: ends the session (200), unknown session 404.
+// GET /mcp: holds an (empty) SSE stream open for a known session, as a server with nothing to push would.
+// DELETE /mcp: ends the session (200) and its stream; unknown session 404.
 const http = require('node:http');
 const { randomUUID } = require('node:crypto');
 const { handle } = require('./mcp.cjs');
@@ -10,6 +11,7 @@ const { handle } = require('./mcp.cjs');
 const HOST = '127.0.0.1';
 const port = Number(process.argv[2] || 9100);
 const sessions = new Set();
+const streams = new Map(); // session id -> open GET response
 const MAX_BODY = 4 * 1024 * 1024;
 
 function reply(res, status, body, headers) {
@@ -25,10 +27,23 @@ const server = http.createServer((req, res) => {
   const sid = req.headers['mcp-session-id'];
 
   if (req.method === 'DELETE') {
-    if (sid && sessions.delete(sid)) { res.writeHead(200); res.end(); } else { res.writeHead(404); res.end(); }
+    if (sid && sessions.delete(sid)) {
+      const stream = streams.get(sid);
+      if (stream) { streams.delete(sid); stream.end(); }
+      res.writeHead(200); res.end();
+    } else { res.writeHead(404); res.end(); }
     return;
   }
-  if (req.method !== 'POST') { res.writeHead(405, { Allow: 'POST, DELETE' }); res.end(); return; }
+  if (req.method === 'GET') {
+    if (!sid || !sessions.has(sid)) { res.writeHead(sid ? 404 : 400); res.end(); return; }
+    if (streams.has(sid)) { res.writeHead(409); res.end(); return; }
+    res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' });
+    res.write(': open\n\n');
+    streams.set(sid, res);
+    res.on('close', () => { if (streams.get(sid) === res) streams.delete(sid); });
+    return;
+  }
+  if (req.method !== 'POST') { res.writeHead(405, { Allow: 'GET, POST, DELETE' }); res.end(); return; }
 
   const chunks = [];
   let size = 0;

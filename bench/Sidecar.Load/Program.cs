@@ -78,6 +78,10 @@ internal static partial class Program
 
     public static async Task<int> Main(string[] args)
     {
+        if (args.Length > 0 && args[0] == "startup")
+        {
+            return await Startup.RunAsync(args);
+        }
         Options o;
         try
         {

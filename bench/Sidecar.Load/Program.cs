@@ -148,7 +148,7 @@ internal static partial class Program
         };
 
         await Task.WhenAny(load, Task.Delay(TimeSpan.FromSeconds(o.Warmup)));
-        double cpu0 = o.Pids.Count > 0 ? ProcStats.Cpu(o.Pids[0]).WithReaped : 0;
+        double cpu0 = o.Pids.Count > 0 ? ProcStats.Cpu(o.Pids[0]).Self : 0;
         double tree0 = o.Pids.Count > 0 ? ProcStats.TreeCpu(o.Pids) : 0;
         long t0 = Now();
         Volatile.Write(ref s_measureFrom, t0);
@@ -156,7 +156,7 @@ internal static partial class Program
         s_stop = true;
         long t1 = Now();
         await Task.WhenAny(load, Task.Delay(TimeSpan.FromSeconds(10))); // drain in-flight calls
-        double cpu1 = o.Pids.Count > 0 ? ProcStats.Cpu(o.Pids[0]).WithReaped : 0;
+        double cpu1 = o.Pids.Count > 0 ? ProcStats.Cpu(o.Pids[0]).Self : 0;
         double tree1 = o.Pids.Count > 0 ? ProcStats.TreeCpu(o.Pids) : 0;
         long treeRssKb = o.Pids.Count > 0 ? ProcStats.TreeRssKb(o.Pids) : 0;
         long hwmKb = o.Pids.Count > 0 ? ProcStats.StatusKb(o.Pids[0], "VmHWM") : 0;

@@ -101,17 +101,27 @@ internal static partial class Program
         var sessions = new List<string>();
         if (o.Mode != "churn")
         {
-            for (int i = 0; i < o.Sessions; i++)
+            // Opened 8 at a time: a stdio upstream spawns a process per session.
+            using var gate = new SemaphoreSlim(8);
+            var opening = Enumerable.Range(0, o.Sessions).Select(async _ =>
             {
-                string? s = null;
+                await gate.WaitAsync(hard.Token);
                 try
                 {
-                    s = await client.OpenSessionAsync(hard.Token);
+                    return await client.OpenSessionAsync(hard.Token);
                 }
                 catch (Exception e)
                 {
                     Console.Error.WriteLine($"sidecar-load: initialize failed: {e.Message}");
+                    return null;
                 }
+                finally
+                {
+                    gate.Release();
+                }
+            }).ToList();
+            foreach (string? s in await Task.WhenAll(opening))
+            {
                 if (s is null)
                 {
                     Emit(o, stats, 0, 0, 0, 0, 0, 0, error: "initialize failed");

@@ -8,7 +8,7 @@
 # reverse order), measures start-up, idle RSS and binary size, and writes bench/load/results/latest.md (+ .jsonl).
 #
 # Everything binds and targets loopback only; every load run is capped in time and in requests.
-# Knobs (environment): ROUNDS (2), DURATION (6 s measured per run), WARMUP (2 s), MAX_REQUESTS (500000 per run),
+# Knobs (environment): ROUNDS (2), DURATION (5 s measured per run), WARMUP (2 s), MAX_REQUESTS (500000 per run),
 # SCENARIOS (space-separated subset), SKIP_BUILD=1 (reuse out/linux-x64/sidecar and the built generator),
 # SKIP_NPM=1 (reuse bench/load/node_modules).
 set -euo pipefail
@@ -18,7 +18,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 cd "$ROOT"
 
 ROUNDS="${ROUNDS:-2}"
-DURATION="${DURATION:-6}"
+DURATION="${DURATION:-5}"
 WARMUP="${WARMUP:-2}"
 MAX_REQUESTS="${MAX_REQUESTS:-500000}"
 RESULTS="$HERE/results"
@@ -31,6 +31,7 @@ LOOPBACK_PRELOAD="$ROOT/tests/fixtures/mcp-servers/loopback.cjs"
 log() { printf '[load %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 START_TS=$(date +%s)
+LOADAVG_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 mkdir -p "$RESULTS"
 
 # ---------------------------------------------------------------- build
@@ -76,6 +77,9 @@ log "starting targets"
 start echo-http    9100 node "$HERE/echo-server/http.cjs" 9100
 start sidecar-http  9101 "$SIDECAR" run --config "$HERE/config/sidecar-http.json"
 start sidecar-stdio 9102 "$SIDECAR" run --config "$HERE/config/sidecar-stdio.json"
+# Diagnostic: the same Sidecar with the .NET thread pool's spin-before-sleep turned off (an environment knob, no
+# code change), to show how much of its CPU per call at moderate rates is idle spinning.
+DOTNET_ThreadPool_UnfairSemaphoreSpinLimit=0 start sidecar-nospin 9106 "$SIDECAR" run --config "$HERE/config/sidecar-nospin.json"
 start sidecar-trip  9103 "$SIDECAR" run --config "$HERE/config/sidecar-trip.json"
 start mcp-proxy     9104 node "$HERE/node_modules/mcp-proxy/dist/bin/mcp-proxy.mjs" --host 127.0.0.1 --port 9104 \
                          --server stream --sessionIdleTimeout 300000 -- node "$HERE/echo-server/stdio.cjs"
@@ -84,7 +88,7 @@ start supergateway  9105 node "$HERE/node_modules/supergateway/dist/index.js" --
 
 # Every listener of the bench must be on loopback.
 if command -v ss > /dev/null; then
-  ss -ltnpH '( sport >= :9100 and sport <= :9105 )' > "$RESULTS/listeners.txt" || true
+  ss -ltnpH '( sport >= :9100 and sport <= :9106 )' > "$RESULTS/listeners.txt" || true
   if awk '{print $4}' "$RESULTS/listeners.txt" | grep -v -E '^(127\.0\.0\.1|\[::1\]):' > /dev/null; then
     log "a target listens beyond loopback:"; cat "$RESULTS/listeners.txt" >&2; exit 1
   fi
@@ -97,6 +101,7 @@ declare -A URL=(
   [sidecar-http]=http://127.0.0.1:9101/servers/echo/mcp
   [sidecar-stdio]=http://127.0.0.1:9102/servers/echo/mcp
   [sidecar-trip]=http://127.0.0.1:9103/servers/echo/mcp
+  [sidecar-nospin]=http://127.0.0.1:9106/servers/echo/mcp
   [mcp-proxy]=http://127.0.0.1:9104/mcp
   [supergateway]=http://127.0.0.1:9105/mcp
 )
@@ -105,6 +110,7 @@ declare -A CPU_PIDS=(
   [sidecar-http]=$PID_sidecar_http,$PID_echo_http
   [sidecar-stdio]=$PID_sidecar_stdio
   [sidecar-trip]=$PID_sidecar_trip,$PID_echo_http
+  [sidecar-nospin]=$PID_sidecar_nospin,$PID_echo_http
   [mcp-proxy]=$PID_mcp_proxy
   [supergateway]=$PID_supergateway
 )
@@ -120,8 +126,8 @@ declare -A ARGS=(
 )
 SCENARIOS="${SCENARIOS:-r500-s1 r2000-s64 sat-c1 sat-c64 churn-c8 sse-r500-s16}"
 TARGETS="direct sidecar-http sidecar-stdio mcp-proxy supergateway"
-targets_for() { # the tripping-limits target runs the moderate-rate and saturation scenarios
-  case "$1" in r500-s1|sat-c64) echo "$TARGETS sidecar-trip" ;; *) echo "$TARGETS" ;; esac
+targets_for() { # the tripping-limits and no-spin variants run the moderate-rate and saturation scenarios
+  case "$1" in r500-s1|sat-c64) echo "$TARGETS sidecar-trip sidecar-nospin" ;; *) echo "$TARGETS" ;; esac
 }
 
 JSONL="$RESULTS/latest.jsonl"
@@ -133,7 +139,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for target in $order; do
       log "round $round  $scenario  $target"
       # shellcheck disable=SC2086
-      line=$(timeout $((WARMUP + DURATION + 60)) "$LOAD" --url "${URL[$target]}" ${ARGS[$scenario]} \
+      line=$(timeout $(( ${WARMUP%.*} + ${DURATION%.*} + 60 )) "$LOAD" --url "${URL[$target]}" ${ARGS[$scenario]} \
                --duration "$DURATION" --warmup "$WARMUP" --max-requests "$MAX_REQUESTS" \
                --pids "${CPU_PIDS[$target]}" --target "$target" --scenario "$scenario" || true)
       if [[ -z "$line" ]]; then line="{\"target\":\"$target\",\"scenario\":\"$scenario\",\"error\":\"no result\"}"; fi
@@ -158,6 +164,7 @@ log "start-up to ready (50-rule policy and a 1-rule policy)"
   echo "\"kernel\": \"$(uname -r)\","
   echo "\"dotnet\": \"$(dotnet --version)\","
   echo "\"node\": \"$(node --version)\","
+  echo "\"loadavgStart\": \"$LOADAVG_START\","
   echo "\"loadavg\": \"$(cut -d' ' -f1-3 /proc/loadavg)\","
   echo "\"commit\": \"$(git rev-parse --short HEAD)\","
   echo "\"rounds\": $ROUNDS, \"duration\": $DURATION, \"warmup\": $WARMUP,"

@@ -126,8 +126,8 @@ declare -A ARGS=(
 )
 SCENARIOS="${SCENARIOS:-r500-s1 r2000-s64 sat-c1 sat-c64 churn-c8 sse-r500-s16}"
 TARGETS="direct sidecar-http sidecar-stdio mcp-proxy supergateway"
-targets_for() { # the tripping-limits and no-spin variants run the moderate-rate and saturation scenarios
-  case "$1" in r500-s1|sat-c64) echo "$TARGETS sidecar-trip sidecar-nospin" ;; *) echo "$TARGETS" ;; esac
+targets_for() { # the tripping-limits variant runs r500-s1 and sat-c64, the no-spin diagnostic those and r2000-s64
+  case "$1" in r500-s1|sat-c64) echo "$TARGETS sidecar-trip sidecar-nospin" ;; r2000-s64) echo "$TARGETS sidecar-nospin" ;; *) echo "$TARGETS" ;; esac
 }
 
 JSONL="$RESULTS/latest.jsonl"

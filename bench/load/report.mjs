@@ -87,6 +87,10 @@ for (const sc of Object.keys(SCENARIOS)) {
 
 // Verdict against the issue's targets.
 out.push('## Against the targets of issue #4', '');
+const busiest = Math.max(...[machine.loadavgStart, machine.loadavg].map((l) => Number(String(l).split(' ')[1])));
+if (busiest > machine.cores) {
+  out.push(`> The 5-minute load average reached ${busiest} on ${machine.cores} cores during this run: other work competed for the CPUs, so the tail latencies (p99, p99.9) below measure that contention as much as the targets. Medians and saturation ratios are steadier; see bench/load/FINDINGS.md.`, '');
+}
 for (const sc of ['r500-s1', 'r2000-s64']) {
   for (const t of ['sidecar-http', 'sidecar-stdio']) {
     const rs = agg[`${sc}|${t}`];

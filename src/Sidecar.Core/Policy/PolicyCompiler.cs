@@ -16,6 +16,9 @@ public static class PolicyCompiler
     /// <summary>Regexes run on the linear-time engine; this is a backstop, not the defence.</summary>
     public static readonly TimeSpan RegexTimeout = TimeSpan.FromMilliseconds(200);
 
+    private const int RegexCacheSize = 4096;
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, Regex> s_regexes = new(StringComparer.Ordinal);
+
     /// <summary>Reads and compiles a policy file's bytes. Returns null with the errors in <paramref name="diagnostics"/>.</summary>
     public static PolicyModel? Load(ReadOnlySpan<byte> utf8Json, string counterSpace, DiagnosticBag diagnostics)
     {
@@ -193,9 +196,20 @@ public static class PolicyCompiler
     /// </summary>
     public static bool TryCreateRegex(string pattern, [NotNullWhen(true)] out Regex? regex, out string error)
     {
+        // Building a linear-time matcher is the costly part of loading a policy, and policies repeat patterns (and
+        // reloads repeat policies): compiled regexes are immutable and thread-safe, so they are shared by pattern.
+        if (s_regexes.TryGetValue(pattern, out regex))
+        {
+            error = "";
+            return true;
+        }
         try
         {
             regex = new Regex(pattern, RegexOptions.NonBacktracking | RegexOptions.CultureInvariant, RegexTimeout);
+            if (s_regexes.Count < RegexCacheSize)
+            {
+                s_regexes.TryAdd(pattern, regex);
+            }
             error = "";
             return true;
         }

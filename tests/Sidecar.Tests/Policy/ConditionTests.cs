@@ -93,6 +93,17 @@ public class ConditionTests
         => Assert.Equal(DecisionOutcome.Allow, DenyIfOutcome("eq", "\"x\"", "{}"));
 
     [Fact]
+    public void Policies_share_compiled_regexes_by_pattern()
+    {
+        var pattern = "^https://shared-" + Guid.NewGuid().ToString("N") + "\\.example/";
+        Assert.True(Sidecar.Policy.PolicyCompiler.TryCreateRegex(pattern, out var first, out _));
+        Assert.True(Sidecar.Policy.PolicyCompiler.TryCreateRegex(pattern, out var second, out _));
+        Assert.Same(first, second);
+        Assert.False(Sidecar.Policy.PolicyCompiler.TryCreateRegex("(a)\\1", out _, out var error));
+        Assert.Contains("linear-time", error, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Regex_runs_in_linear_time_on_hostile_input()
     {
         // (a+)+$ on "aaaa...!" is the classic catastrophic-backtracking case; the linear engine shrugs it off.

@@ -25,18 +25,6 @@ public sealed record SidecarConfig(
     IReadOnlyList<string> AllowedHosts)
 {
     public const string DefaultListen = "127.0.0.1:8787";
-
-    public ServerConfig? FindServer(string name)
-    {
-        foreach (var s in Servers)
-        {
-            if (s.Name == name)
-            {
-                return s;
-            }
-        }
-        return null;
-    }
 }
 
 /// <summary>Bounds on what the gateway accepts and how long it waits.</summary>

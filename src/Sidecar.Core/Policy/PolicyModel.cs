@@ -46,8 +46,6 @@ public sealed class PolicyModel
 
     public IReadOnlyList<CounterModel> Counters { get; }
 
-    public IEnumerable<RuleModel> Rules => _rules.Values;
-
     /// <summary>The rule that governs <paramref name="tool"/>: hidden, named, or the default.</summary>
     public RuleModel Resolve(ReadOnlySpan<char> tool)
         => _lookup.TryGetValue(tool, out var rule) ? rule : DefaultRule;

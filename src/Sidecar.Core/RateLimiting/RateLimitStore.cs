@@ -187,7 +187,7 @@ public sealed class RateLimitStore
 
     /// <summary>
     /// Retires every full bucket (TAT at or before now): they are indistinguishable from absent ones. One sweep serves
-    /// all partitions; call it from a single periodic heartbeat (see <see cref="StartSweeper"/>).
+    /// all partitions; call it from a single periodic heartbeat (the gateway's).
     /// </summary>
     public int Sweep()
     {
@@ -218,8 +218,4 @@ public sealed class RateLimitStore
         }
         return false;
     }
-
-    /// <summary>Starts the eviction heartbeat. Dispose the returned timer to stop it.</summary>
-    public ITimer StartSweeper(TimeSpan period)
-        => _time.CreateTimer(static state => ((RateLimitStore)state!).Sweep(), this, period, period);
 }

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Reflection;
+using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Sidecar.Configuration;
@@ -25,14 +26,13 @@ internal static class RunCommand
             var error = parse.InvocationConfiguration.Error;
             var path = parse.GetValue(config) ?? Environment.GetEnvironmentVariable("SIDECAR_CONFIG");
             SidecarConfig loaded;
+            WebApplication app;
             try
             {
                 path ??= WriteDefaults();
                 loaded = SidecarConfigReader.LoadFile(path);
-                foreach (var server in loaded.Servers)
-                {
-                    ServerRuntime.LoadPolicy(server); // every policy must be valid before we listen
-                }
+                // Building the gateway compiles every server's policy: an invalid one stops start-up before we listen.
+                app = GatewayHost.Build(loaded, parse.GetValue(logLevel));
             }
             catch (ConfigValidationException ex)
             {
@@ -43,7 +43,7 @@ internal static class RunCommand
                 return 1;
             }
 
-            await using var app = GatewayHost.Build(loaded, parse.GetValue(logLevel));
+            await using var _ = app.ConfigureAwait(false);
             var logger = app.Services.GetService(typeof(ILoggerFactory)) is ILoggerFactory f ? f.CreateLogger("Sidecar") : null;
             logger?.LogInformation("Sidecar listening on http://{Listen} with config {Config}; endpoints /servers/{{name}}/mcp and /servers/{{name}}/sse",
                 loaded.Listen, path);

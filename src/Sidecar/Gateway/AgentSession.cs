@@ -253,7 +253,7 @@ internal sealed class AgentSession : IAsyncDisposable
     {
         var id = $"sidecar-reinitialize-{Interlocked.Increment(ref _reinitializations)}";
         var done = new TaskCompletionSource<ReadOnlyMemory<byte>>(TaskCreationOptions.RunContinuationsAsynchronously);
-        var pending = new PendingRequest(new RpcId(id, 0), System.Text.Encoding.UTF8.GetBytes($"\"{id}\""), new MessageSink(false, false), 0)
+        var pending = new PendingRequest(new RpcId(id, 0), System.Text.Encoding.UTF8.GetBytes($"\"{id}\""), new MessageSink(acceptsRelatedMessages: false), 0)
         {
             Internal = done,
             Deadline = Deadline(),

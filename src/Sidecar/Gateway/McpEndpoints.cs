@@ -119,7 +119,7 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
         }
 
         var useSse = HttpGuards.Accepts(request, "text/event-stream") && WantsStream(body, scan);
-        var sink = new MessageSink(isStream: false, acceptsRelatedMessages: useSse);
+        var sink = new MessageSink(acceptsRelatedMessages: useSse);
         var expected = 0;
         var isBatch = scan.Kind == JsonRpcMessageKind.Batch;
         try
@@ -237,7 +237,7 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
         {
             return;
         }
-        var sink = new MessageSink(isStream: true, acceptsRelatedMessages: true);
+        var sink = new MessageSink(acceptsRelatedMessages: true);
         if (!session.AttachStream(sink))
         {
             await WriteErrorAsync(context, StatusCodes.Status409Conflict, ErrorCodes.ServerError,
@@ -302,7 +302,7 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
             await WriteErrorAsync(context, StatusCodes.Status503ServiceUnavailable, ErrorCodes.ServerError, "Service Unavailable: too many sessions").ConfigureAwait(false);
             return;
         }
-        var sink = new MessageSink(isStream: true, acceptsRelatedMessages: true);
+        var sink = new MessageSink(acceptsRelatedMessages: true);
         session.AttachStream(sink);
         try
         {
@@ -340,7 +340,7 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
                 return;
             }
             // Answers go to the session's SSE stream: the POST itself is only acknowledged.
-            var sink = session.StreamSink ?? new MessageSink(isStream: true, acceptsRelatedMessages: true);
+            var sink = session.StreamSink ?? new MessageSink(acceptsRelatedMessages: true);
             if (scan.Kind == JsonRpcMessageKind.Batch)
             {
                 foreach (var range in BatchRanges(body))

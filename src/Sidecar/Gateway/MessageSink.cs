@@ -18,9 +18,8 @@ internal sealed class MessageSink
     private readonly Channel<Outbound> _channel;
     private long _dropped;
 
-    public MessageSink(bool isStream, bool acceptsRelatedMessages)
+    public MessageSink(bool acceptsRelatedMessages)
     {
-        IsStream = isStream;
         AcceptsRelatedMessages = acceptsRelatedMessages;
         _channel = Channel.CreateBounded<Outbound>(new BoundedChannelOptions(Capacity)
         {
@@ -28,9 +27,6 @@ internal sealed class MessageSink
             FullMode = BoundedChannelFullMode.DropOldest,
         }, _ => Interlocked.Increment(ref _dropped));
     }
-
-    /// <summary>A long-lived stream (GET or legacy SSE) rather than the answer to one POST.</summary>
-    public bool IsStream { get; }
 
     /// <summary>True for SSE sinks, which can carry requests and notifications besides the responses.</summary>
     public bool AcceptsRelatedMessages { get; }

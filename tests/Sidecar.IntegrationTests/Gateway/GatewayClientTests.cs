@@ -134,12 +134,13 @@ public sealed class GatewayClientTests(GatewayFixture fixture) : IClassFixture<G
         await using var client = await fixture.ConnectAsync(upstream, mode, cancellationToken: Timeout());
         var updates = new List<ProgressNotificationValue>();
         var progress = new SynchronousProgress(updates);
-        var result = await client.CallToolAsync("trigger-long-running-operation", Args(("duration", 1), ("steps", 3)), progress, cancellationToken: Timeout());
+        var result = await client.CallToolAsync("trigger-long-running-operation", Args(("duration", 3), ("steps", 3)), progress, cancellationToken: Timeout());
         Assert.Contains("completed", Text(result), StringComparison.OrdinalIgnoreCase);
         // The C# client hands progress to IProgress asynchronously and stops listening when the result arrives, so
         // the last update can be lost even on a direct connection (measured against server-everything without
         // Sidecar: 3,2,2,2,3 updates in five runs). The wire-level test in GatewayHttpTests checks that all three
-        // reach the agent; here the first two, in order, prove the client's own progress flows through Sidecar.
+        // reach the agent; here the first two, in order, prove the client's own progress flows through Sidecar. Steps are
+        // a second apart so that, under a loaded test run, the client's race can only ever reach the last update.
         var deadline = DateTime.UtcNow.AddSeconds(5);
         while (Count() < 2 && DateTime.UtcNow < deadline)
         {

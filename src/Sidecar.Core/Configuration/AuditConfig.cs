@@ -1,0 +1,62 @@
+namespace Sidecar.Configuration;
+
+/// <summary>The <c>audit</c> section of <c>sidecar.json</c>: what is recorded and where it goes.</summary>
+public sealed record AuditConfig(
+    bool Enabled,
+    AuditFileConfig? File,
+    bool Stdout,
+    AuditHttpConfig? Http,
+    int BufferEvents,
+    int BatchEvents,
+    TimeSpan FlushInterval,
+    int MaxArgumentBytes,
+    int MaxStringLength,
+    IReadOnlyList<string> RedactKeys,
+    string? HmacKey)
+{
+    /// <summary>Without an <c>audit</c> section: a JSONL file in the working directory.</summary>
+    public const string DefaultFilePath = "sidecar-audit/audit.jsonl";
+
+    public static AuditConfig Default { get; } = new(
+        Enabled: true,
+        File: new AuditFileConfig(Path.GetFullPath(DefaultFilePath), AuditFileConfig.DefaultMaxBytes, AuditFileConfig.DefaultMaxFiles),
+        Stdout: false,
+        Http: null,
+        BufferEvents: 16_384,
+        BatchEvents: 512,
+        FlushInterval: TimeSpan.FromMilliseconds(200),
+        MaxArgumentBytes: 2048,
+        MaxStringLength: 256,
+        RedactKeys: [],
+        HmacKey: null);
+
+    public static AuditConfig Disabled { get; } = Default with { Enabled = false, File = null };
+
+    /// <summary>Never prints the HMAC key or HTTP headers.</summary>
+    public override string ToString()
+        => Enabled ? $"audit: file={File?.Path ?? "-"} stdout={Stdout} http={Http?.Url.GetLeftPart(UriPartial.Path) ?? "-"}" : "audit: off";
+}
+
+/// <summary>A JSONL file, rotated at <see cref="MaxBytes"/>, keeping <see cref="MaxFiles"/> rotated files.</summary>
+public sealed record AuditFileConfig(string Path, long MaxBytes, int MaxFiles)
+{
+    public const long DefaultMaxBytes = 100L * 1024 * 1024;
+    public const int DefaultMaxFiles = 10;
+}
+
+/// <summary>
+/// Batches POSTed as JSONL (<c>application/x-ndjson</c>) to <see cref="Url"/>. While the collector is down, batches
+/// are spooled to <see cref="SpoolDirectory"/> (at most <see cref="MaxSpoolBytes"/>) and sent in order when it is back.
+/// </summary>
+/// <remarks><see cref="Headers"/> may hold credentials: <see cref="ToString"/> never prints them.</remarks>
+public sealed record AuditHttpConfig(
+    Uri Url,
+    IReadOnlyDictionary<string, string> Headers,
+    string SpoolDirectory,
+    long MaxSpoolBytes,
+    TimeSpan Timeout)
+{
+    public const long DefaultMaxSpoolBytes = 1024L * 1024 * 1024;
+
+    public override string ToString() => $"http audit sink {Url.GetLeftPart(UriPartial.Path)} (spool {SpoolDirectory})";
+}

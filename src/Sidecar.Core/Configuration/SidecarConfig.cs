@@ -22,7 +22,8 @@ public sealed record SidecarConfig(
     BlockedCallStyle BlockedCalls,
     GatewayLimits Limits,
     IReadOnlyList<string> AllowedOrigins,
-    IReadOnlyList<string> AllowedHosts)
+    IReadOnlyList<string> AllowedHosts,
+    AuditConfig Audit)
 {
     public const string DefaultListen = "127.0.0.1:8787";
 }

@@ -10,7 +10,7 @@ namespace Sidecar.Configuration;
 /// </summary>
 public static class SidecarConfigReader
 {
-    private const string TopFields = "listen, mcpServers, policy, blockedCalls, limits, allowedOrigins, allowedHosts";
+    private const string TopFields = "listen, mcpServers, policy, blockedCalls, limits, allowedOrigins, allowedHosts, audit";
     private const string ServerFields = "command, args, env, cwd, url, transport, headers, policy, type, description";
 
     public static SidecarConfig LoadFile(string path, Func<string, string?>? environment = null)
@@ -107,6 +107,9 @@ public static class SidecarConfigReader
 
         var origins = members.Take("allowedOrigins") is { } originsNode ? ReadStringList(originsNode, diagnostics) : [];
         var hosts = members.Take("allowedHosts") is { } hostsNode ? ReadStringList(hostsNode, diagnostics) : [];
+        var audit = members.Take("audit") is { } auditNode
+            ? AuditConfigReader.Read(auditNode, baseDirectory, environment, diagnostics)
+            : AuditConfig.Default;
 
         members.ReportUnknown(TopFields);
 
@@ -118,7 +121,7 @@ public static class SidecarConfigReader
 
         return diagnostics.Items.Count > errorsBefore
             ? null
-            : new SidecarConfig(file, listen, servers, topPolicy, blocked, limits, origins, hosts);
+            : new SidecarConfig(file, listen, servers, topPolicy, blocked, limits, origins, hosts, audit);
     }
 
     private static ServerConfig? ReadServer(string name, ConfigNode node, string baseDirectory, string? topPolicy,

@@ -42,6 +42,11 @@ internal static class RunCommand
                 }
                 return 1;
             }
+            catch (Audit.AuditSinkException ex)
+            {
+                error.WriteLine($"audit: {ex.Message}");
+                return 1;
+            }
 
             await using var _ = app.ConfigureAwait(false);
             var logger = app.Services.GetService(typeof(ILoggerFactory)) is ILoggerFactory f ? f.CreateLogger("Sidecar") : null;

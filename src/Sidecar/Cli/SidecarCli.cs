@@ -11,6 +11,7 @@ public static class SidecarCli
         root.Subcommands.Add(RunCommand.Create());
         root.Subcommands.Add(ValidateCommand.Create());
         root.Subcommands.Add(ExplainCommand.Create());
+        root.Subcommands.Add(AuditCommand.Create());
         return root;
     }
 

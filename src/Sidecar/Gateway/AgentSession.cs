@@ -3,6 +3,7 @@ using System.Collections.Concurrent;
 using System.Text.Json;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
+using Sidecar.Audit;
 using Sidecar.Decisions;
 using Sidecar.JsonRpc;
 using Sidecar.Upstreams;
@@ -112,10 +113,11 @@ internal sealed class AgentSession : IAsyncDisposable
         var decision = default(Decision);
         var hasDecision = false;
         string? tool = null;
+        long auditId = 0;
         switch (scan.Method)
         {
             case McpMethod.ToolsCall:
-                if (Decide(message, scan, out decision, out tool))
+                if (ToolCallPolicy.Decide(_server, message, scan, new CallContext(null, null, Id), rawId, out decision, out tool, out auditId))
                 {
                     sink.TryWrite(JsonRpcResponses.Blocked(rawId, _server.Name, tool!, decision, _server.Options.BlockedCalls == Configuration.BlockedCallStyle.ToolResult), true);
                     return true;
@@ -136,10 +138,12 @@ internal sealed class AgentSession : IAsyncDisposable
             Tool = tool,
             HasDecision = hasDecision,
             Decision = decision,
+            AuditId = auditId,
             Deadline = Deadline(),
         };
         if (!_pending.TryAdd(key, pending))
         {
+            Settle(pending, AuditOutcome.Error, ErrorCodes.InvalidRequest);
             sink.TryWrite(JsonRpcResponses.Error(rawId, ErrorCodes.InvalidRequest, "Invalid Request: a request with this id is already in flight"), true);
             return true;
         }
@@ -160,14 +164,14 @@ internal sealed class AgentSession : IAsyncDisposable
         }
         catch (OperationCanceledException)
         {
-            _pending.TryRemove(new KeyValuePair<RpcId, PendingRequest>(key, pending));
+            if (_pending.TryRemove(new KeyValuePair<RpcId, PendingRequest>(key, pending)))
+            {
+                Settle(pending, AuditOutcome.Cancelled, 0);
+            }
             throw;
         }
         return true;
     }
-
-    private bool Decide(ReadOnlySequence<byte> message, in JsonRpcScan scan, out Decision decision, out string? tool)
-        => ToolCallPolicy.Decide(_server, message, scan, new CallContext(null, null, Id), Id, out decision, out tool);
 
     private async ValueTask ForwardAsync(ReadOnlySequence<byte> message, long correlation, CancellationToken cancellationToken)
     {
@@ -351,9 +355,14 @@ internal sealed class AgentSession : IAsyncDisposable
             internalRequest.TrySetResult(payload);
             return;
         }
-        if (scan.Kind == JsonRpcMessageKind.ErrorResponse && pending.HasDecision)
+        if (pending.HasDecision)
         {
-            _server.Engine.Refund(ref pending.Decision);
+            var outcome = AuditResponses.Classify(payload.Span, scan.Kind, out var errorCode);
+            if (scan.Kind == JsonRpcMessageKind.ErrorResponse)
+            {
+                _server.Engine.Refund(ref pending.Decision);
+            }
+            _server.Audit.RecordCompletion(pending.AuditId, outcome, errorCode);
         }
 
         var span = payload.Span;
@@ -459,6 +468,7 @@ internal sealed class AgentSession : IAsyncDisposable
                     pending.Internal?.TrySetException(new UpstreamException("the upstream did not answer initialize in time"));
                     if (pending.Internal is null)
                     {
+                        _server.Audit.RecordCompletion(pending.AuditId, AuditOutcome.Timeout, ErrorCodes.UpstreamTimeout);
                         pending.Sink.TryWrite(JsonRpcResponses.Error(pending.RawId, ErrorCodes.UpstreamTimeout,
                             $"Upstream server \"{_server.Name}\" did not answer within {_server.Options.Limits.UpstreamTimeout.TotalSeconds:0.###} s"), true);
                         _ = CancelUpstreamAsync(pending.RawId, "timed out at the gateway");
@@ -475,6 +485,7 @@ internal sealed class AgentSession : IAsyncDisposable
         {
             if (ReferenceEquals(pending.Sink, sink) && _pending.TryRemove(new KeyValuePair<RpcId, PendingRequest>(pending.Key, pending)))
             {
+                _server.Audit.RecordCompletion(pending.AuditId, AuditOutcome.Cancelled);
                 _ = CancelUpstreamAsync(pending.RawId, "the client disconnected");
             }
         }
@@ -520,7 +531,7 @@ internal sealed class AgentSession : IAsyncDisposable
         }
     }
 
-    private void Fail(PendingRequest pending, int code, string message)
+    private void Fail(PendingRequest pending, int code, string message, AuditOutcome outcome = AuditOutcome.Unavailable)
     {
         if (!_pending.TryRemove(new KeyValuePair<RpcId, PendingRequest>(pending.Key, pending)))
         {
@@ -531,11 +542,18 @@ internal sealed class AgentSession : IAsyncDisposable
             internalRequest.TrySetException(new UpstreamException(message));
             return;
         }
+        Settle(pending, outcome, code);
+        pending.Sink.TryWrite(JsonRpcResponses.Error(pending.RawId, code, message), true);
+    }
+
+    /// <summary>A forwarded call that will get no upstream answer: its tokens go back and the audit trail learns how it ended.</summary>
+    private void Settle(PendingRequest pending, AuditOutcome outcome, int code)
+    {
         if (pending.HasDecision)
         {
             _server.Engine.Refund(ref pending.Decision);
+            _server.Audit.RecordCompletion(pending.AuditId, outcome, code);
         }
-        pending.Sink.TryWrite(JsonRpcResponses.Error(pending.RawId, code, message), true);
     }
 
     public async ValueTask DisposeAsync()
@@ -548,7 +566,7 @@ internal sealed class AgentSession : IAsyncDisposable
         await _lifetime.CancelAsync().ConfigureAwait(false);
         foreach (var (_, pending) in _pending)
         {
-            Fail(pending, ErrorCodes.UpstreamUnavailable, "The session was closed");
+            Fail(pending, ErrorCodes.UpstreamUnavailable, "The session was closed", AuditOutcome.Cancelled);
         }
         Volatile.Read(ref _stream)?.Complete();
         if (Interlocked.Exchange(ref _connection, null) is { } connection)

@@ -1,6 +1,7 @@
 using System.Collections.Frozen;
 using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
+using Sidecar.Audit;
 using Sidecar.Configuration;
 using Sidecar.Decisions;
 using Sidecar.RateLimiting;
@@ -29,17 +30,20 @@ internal sealed class Gateway : IAsyncDisposable
         Guards = new HttpGuards(config, listeningOnLoopback);
         Store = new RateLimitStore();
         Engine = new DecisionEngine(Store);
+        Audit = AuditSetup.Create(config, loggers);
+        var recorder = Audit?.Recorder ?? AuditRecorder.Disabled;
 
         var servers = new Dictionary<string, ServerRuntime>(StringComparer.Ordinal);
         foreach (var server in config.Servers)
         {
             var policy = ServerRuntime.LoadPolicy(server);
             var connector = UpstreamConnectors.Create(server, config.Limits, loggers);
-            servers[server.Name] = new ServerRuntime(server, connector, policy, Engine, Options, loggers.CreateLogger("Sidecar.Server." + server.Name));
+            servers[server.Name] = new ServerRuntime(server, connector, policy, Engine, Options, loggers.CreateLogger("Sidecar.Server." + server.Name), recorder);
             _logger.LogInformation("Server {Server}: {Transport}, policy {Policy}", server.Name, server.TransportName,
                 server.PolicyPath ?? "(none: everything denied)");
         }
         _servers = servers.ToFrozenDictionary(StringComparer.Ordinal);
+        Audit?.Start();
         _heartbeat = new Timer(static state => ((Gateway)state!).Heartbeat(), this, HeartbeatPeriod, HeartbeatPeriod);
     }
 
@@ -48,6 +52,9 @@ internal sealed class Gateway : IAsyncDisposable
     public HttpGuards Guards { get; }
     public RateLimitStore Store { get; }
     public DecisionEngine Engine { get; }
+
+    /// <summary>The audit writer; null when audit is off.</summary>
+    public AuditPipeline? Audit { get; }
     public IEnumerable<ServerRuntime> Servers => _servers.Values;
 
     public ServerRuntime? FindServer(string name) => _servers.GetValueOrDefault(name);
@@ -126,6 +133,11 @@ internal sealed class Gateway : IAsyncDisposable
         foreach (var server in _servers.Values)
         {
             (server.Connector as IDisposable)?.Dispose();
+        }
+        // Last: the sessions above have recorded how their calls ended; drain, write audit_stop, flush the sinks.
+        if (Audit is not null)
+        {
+            await Audit.DisposeAsync().ConfigureAwait(false);
         }
     }
 }

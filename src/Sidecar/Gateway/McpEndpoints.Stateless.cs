@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
+using Sidecar.Audit;
 using Sidecar.Decisions;
 using Sidecar.JsonRpc;
 using Sidecar.Upstreams;
@@ -55,9 +56,10 @@ internal sealed partial class McpEndpoints
 
         var decision = default(Decision);
         var decided = false;
+        long auditId = 0;
         if (scan.Method == McpMethod.ToolsCall)
         {
-            if (ToolCallPolicy.Decide(server, body, scan, default, null, out decision, out var tool))
+            if (ToolCallPolicy.Decide(server, body, scan, default, rawId, out decision, out var tool, out auditId))
             {
                 // A denial is an answer, not a transport failure: HTTP 200 with the JSON-RPC error.
                 var asResult = server.Options.BlockedCalls == Configuration.BlockedCallStyle.ToolResult;
@@ -88,6 +90,7 @@ internal sealed partial class McpEndpoints
             if (decided)
             {
                 server.Engine.Refund(ref decision);
+                server.Audit.RecordCompletion(auditId, AuditOutcome.Unavailable, ErrorCodes.UpstreamUnavailable);
             }
             await WriteJsonAsync(context, StatusCodes.Status502BadGateway,
                 JsonRpcResponses.Error(rawId, ErrorCodes.UpstreamUnavailable, $"Upstream server \"{server.Name}\" is unavailable: {ex.Message}")).ConfigureAwait(false);
@@ -107,7 +110,7 @@ internal sealed partial class McpEndpoints
             {
                 while (await exchange.ReadAsync(context.RequestAborted).ConfigureAwait(false) is { } message)
                 {
-                    var outgoing = ReviewStatelessMessage(server, message, rawId, scan.Method, decided, ref decision);
+                    var outgoing = ReviewStatelessMessage(server, message, rawId, scan.Method, decided, ref decision, ref auditId);
                     if (outgoing is null)
                     {
                         continue;
@@ -127,6 +130,11 @@ internal sealed partial class McpEndpoints
             {
                 logger.LogWarning("Stateless answer from {Server} broke off: {Error}", server.Name, ex.Message);
             }
+            finally
+            {
+                // No answer reached the agent: the stream broke off, or the agent went away.
+                server.Audit.RecordCompletion(auditId, context.RequestAborted.IsCancellationRequested ? AuditOutcome.Cancelled : AuditOutcome.Unavailable);
+            }
         }
     }
 
@@ -135,7 +143,7 @@ internal sealed partial class McpEndpoints
     /// filtered through the policy, a failed <c>tools/call</c> gives its tokens back.
     /// </summary>
     private ReadOnlyMemory<byte>? ReviewStatelessMessage(ServerRuntime server, ReadOnlyMemory<byte> message, byte[] rawId, McpMethod method,
-        bool decided, ref Decision decision)
+        bool decided, ref Decision decision, ref long auditId)
     {
         if (JsonRpcScanner.Scan(message.Span, out var scan, gateway.Options.Scanner) != ScanStatus.Ok)
         {
@@ -145,6 +153,11 @@ internal sealed partial class McpEndpoints
         if (scan.Kind == JsonRpcMessageKind.ErrorResponse && decided)
         {
             server.Engine.Refund(ref decision);
+        }
+        if (decided && scan.Kind is JsonRpcMessageKind.Response or JsonRpcMessageKind.ErrorResponse)
+        {
+            server.Audit.RecordCompletion(auditId, AuditResponses.Classify(message.Span, scan.Kind, out var errorCode), errorCode);
+            auditId = 0;
         }
         if (scan.Kind == JsonRpcMessageKind.Response && method == McpMethod.ToolsList)
         {

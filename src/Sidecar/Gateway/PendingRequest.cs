@@ -25,6 +25,9 @@ internal sealed class PendingRequest(RpcId key, byte[] rawId, MessageSink sink, 
 
     public bool HasDecision { get; init; }
 
+    /// <summary>The audit record of the decision, completed when the call ends (0: none).</summary>
+    public long AuditId { get; init; }
+
     /// <summary>When the gateway gives up waiting (<see cref="Environment.TickCount64"/> milliseconds); pushed back by related traffic.</summary>
     public long Deadline { get; set; }
 

@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Text;
 using Microsoft.Extensions.Logging;
+using Sidecar.Audit;
 using Sidecar.Configuration;
 using Sidecar.Decisions;
 using Sidecar.Policy;
@@ -17,8 +18,9 @@ internal sealed class ServerRuntime
     private volatile PolicyModel _policy;
 
     public ServerRuntime(ServerConfig config, IUpstreamConnector connector, PolicyModel policy, DecisionEngine engine,
-        GatewayOptions options, ILogger logger)
+        GatewayOptions options, ILogger logger, AuditRecorder audit)
     {
+        Audit = audit;
         Config = config;
         Connector = connector;
         _policy = policy;
@@ -33,6 +35,9 @@ internal sealed class ServerRuntime
     public DecisionEngine Engine { get; }
     public GatewayOptions Options { get; }
     public ILogger Logger { get; }
+
+    /// <summary>Where every <c>tools/call</c> decision (and a forwarded call's completion) is recorded.</summary>
+    public AuditRecorder Audit { get; }
 
     /// <summary>The live policy. Each request reads it once; a reload replaces it atomically.</summary>
     public PolicyModel Policy => _policy;

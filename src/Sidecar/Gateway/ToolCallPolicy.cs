@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Text.Json;
 using Microsoft.Extensions.Logging;
+using Sidecar.Audit;
 using Sidecar.Decisions;
 using Sidecar.JsonRpc;
 
@@ -10,11 +11,13 @@ namespace Sidecar.Gateway;
 internal static class ToolCallPolicy
 {
     /// <summary>
-    /// Decides a scanned <c>tools/call</c> against the server's live policy. Returns true when the call is blocked
-    /// (the decision says why, <paramref name="tool"/> names it). Allocation-free for an allowed call.
+    /// Decides a scanned <c>tools/call</c> against the server's live policy and records the decision in the audit
+    /// trail. Returns true when the call is blocked (the decision says why, <paramref name="tool"/> names it).
+    /// Otherwise <paramref name="auditId"/> is what <see cref="AuditRecorder.RecordCompletion"/> takes once the call
+    /// ends. Allocation-free for an allowed call.
     /// </summary>
     public static bool Decide(ServerRuntime server, ReadOnlySequence<byte> message, in JsonRpcScan scan, in CallContext context,
-        string? session, out Decision decision, out string? tool)
+        ReadOnlySpan<byte> rawId, out Decision decision, out string? tool, out long auditId)
     {
         Span<char> stackName = stackalloc char[128];
         var name = stackName;
@@ -29,16 +32,17 @@ internal static class ToolCallPolicy
         name = name[..length];
 
         var policy = server.Policy;
-        var reader = scan.Arguments.IsEmpty
-            ? new Utf8JsonReader(DecisionEngine.NoArguments)
-            : new Utf8JsonReader(message.Slice(scan.Arguments.Start, scan.Arguments.Length));
+        var arguments = scan.Arguments.IsEmpty ? default : message.Slice(scan.Arguments.Start, scan.Arguments.Length);
+        var reader = scan.Arguments.IsEmpty ? new Utf8JsonReader(DecisionEngine.NoArguments) : new Utf8JsonReader(arguments);
         server.Engine.Decide(policy, context, name, reader, approved: false, out decision);
+        auditId = server.Audit.RecordDecision(server.Name, context, name, rawId, arguments, decision, forwarded: !decision.Blocks);
         if (decision.IsAllowed)
         {
             tool = null;
             return false;
         }
         tool = name.ToString();
+        var session = context.Session;
         if (!decision.Enforced)
         {
             server.Logger.LogInformation("Shadow mode: {Server}/{Tool} would be {Outcome} by {Rule}: {Reason}",

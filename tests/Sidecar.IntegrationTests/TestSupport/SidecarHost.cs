@@ -27,6 +27,12 @@ public sealed class SidecarHost : IAsyncDisposable
 
     public string Folder { get; }
 
+    /// <summary>The audit file when the config has no <c>audit</c> section.</summary>
+    public string AuditFile => Path.Combine(Folder, "audit.jsonl");
+
+    /// <summary>Stops the gateway (draining the audit trail) without deleting its folder.</summary>
+    public Task StopAsync() => _app.StopAsync();
+
     /// <summary>Everything the gateway logged, for diagnosing a failed test.</summary>
     public StringBuilder Log { get; }
 
@@ -49,6 +55,11 @@ public sealed class SidecarHost : IAsyncDisposable
         var configPath = Path.Combine(folder, "sidecar.json");
         await File.WriteAllTextAsync(configPath, configJson);
         var config = SidecarConfigReader.LoadFile(configPath) with { Listen = "127.0.0.1:0" };
+        if (ReferenceEquals(config.Audit, AuditConfig.Default))
+        {
+            // No "audit" section: the trail goes to this gateway's own folder, not the shared working directory.
+            config = config with { Audit = AuditConfig.Default with { File = new AuditFileConfig(Path.Combine(folder, "audit.jsonl"), AuditFileConfig.DefaultMaxBytes, AuditFileConfig.DefaultMaxFiles) } };
+        }
 
         var log = new StringBuilder();
         var app = GatewayHost.Build(config, LogLevel.Debug, logging => logging.AddProvider(new StringLoggerProvider(log)));

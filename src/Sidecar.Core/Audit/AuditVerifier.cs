@@ -1,0 +1,240 @@
+using System.Text.Json;
+
+namespace Sidecar.Audit;
+
+/// <summary>What <see cref="AuditVerifier"/> found.</summary>
+public sealed record AuditVerifyResult(
+    int Files,
+    long Events,
+    long FirstSequence,
+    long LastSequence,
+    long Dropped,
+    long SinkFailures,
+    string? Algorithm,
+    IReadOnlyList<string> Problems,
+    IReadOnlyList<string> Notes)
+{
+    public bool Intact => Problems.Count == 0;
+}
+
+/// <summary>
+/// Checks a trail (<c>sidecar audit verify</c>): every line's hash, every <c>prev</c> link, and consecutive sequence
+/// numbers, within and across files (ordered by their first sequence number). Reports the first problem of each file
+/// with file and line; a chain that starts after sequence 1 (older files rotated away) is a note, not a problem.
+/// </summary>
+public static class AuditVerifier
+{
+    public static AuditVerifyResult Verify(IReadOnlyList<string> files, byte[]? key)
+    {
+        var chain = new AuditChain(key);
+        var problems = new List<string>();
+        var notes = new List<string>();
+        var ordered = new List<(long First, string File)>();
+        foreach (var file in files)
+        {
+            ordered.Add((FirstSequence(file), file));
+        }
+        ordered.Sort((a, b) => a.First != b.First ? a.First.CompareTo(b.First) : string.CompareOrdinal(a.File, b.File));
+
+        long events = 0, first = 0, last = 0, dropped = 0, sinkFailures = 0;
+        string? algorithm = null;
+        byte[]? previousHash = null;
+        var eventBuffer = new byte[64 * 1024];
+        Span<byte> claimed = stackalloc byte[AuditChain.HashBytes];
+        Span<byte> actual = stackalloc byte[AuditChain.HashBytes];
+        foreach (var (_, file) in ordered)
+        {
+            var lineNumber = 0;
+            var fileBroken = false;
+            foreach (var line in ReadLines(file))
+            {
+                lineNumber++;
+                if (fileBroken)
+                {
+                    continue;
+                }
+                var where = $"{file}:{lineNumber}";
+                if (eventBuffer.Length < line.Length)
+                {
+                    eventBuffer = new byte[line.Length * 2];
+                }
+                if (!AuditChain.TrySplitLine(line, eventBuffer, out var eventLength, claimed))
+                {
+                    problems.Add($"{where}: not an audit event (no trailing \"hash\" field); the line was edited or cut");
+                    fileBroken = true;
+                    continue;
+                }
+                var eventJson = eventBuffer.AsSpan(0, eventLength);
+                if (!TryReadFields(eventJson, out var fields))
+                {
+                    problems.Add($"{where}: not valid audit JSON (needs \"seq\", \"type\" and \"prev\")");
+                    fileBroken = true;
+                    continue;
+                }
+                if (fields.Type == "audit_start" && fields.Chain is { } alg)
+                {
+                    algorithm ??= alg;
+                    if (alg == "hmac-sha256" && key is null)
+                    {
+                        problems.Add($"{where}: this trail is chained with an HMAC key; pass it (--key-env NAME) to verify");
+                        return Result();
+                    }
+                }
+                chain.Hash(eventJson, actual);
+                if (!actual.SequenceEqual(claimed))
+                {
+                    problems.Add($"{where}: seq {fields.Sequence}: the hash does not match the event; it was edited"
+                        + (key is null && events == 0 ? " (or the trail is HMAC-keyed: pass --key-env NAME)" : ""));
+                    fileBroken = true;
+                    continue;
+                }
+                if (previousHash is null)
+                {
+                    if (fields.Sequence != 1)
+                    {
+                        notes.Add($"{where}: the trail starts at seq {fields.Sequence}: earlier events are in files not given (rotated away?)");
+                    }
+                    else if (!fields.Prev.AsSpan().SequenceEqual(AuditChain.Genesis))
+                    {
+                        problems.Add($"{where}: seq 1 does not start a chain (its prev is not zero)");
+                        fileBroken = true;
+                        continue;
+                    }
+                    first = fields.Sequence;
+                }
+                else
+                {
+                    if (fields.Sequence != last + 1)
+                    {
+                        problems.Add(fields.Sequence > last + 1
+                            ? $"{where}: seq {fields.Sequence} follows seq {last}: events {last + 1}..{fields.Sequence - 1} are missing"
+                            : $"{where}: seq {fields.Sequence} follows seq {last}: events are repeated or out of order");
+                        fileBroken = true;
+                    }
+                    else if (!fields.Prev.AsSpan().SequenceEqual(previousHash))
+                    {
+                        problems.Add($"{where}: seq {fields.Sequence}: prev does not match the hash of seq {last}; an event before it was edited, removed or inserted");
+                        fileBroken = true;
+                    }
+                }
+                previousHash = claimed.ToArray();
+                last = fields.Sequence;
+                events++;
+                if (fields.Type == "audit_gap")
+                {
+                    dropped += fields.Dropped;
+                    notes.Add($"{where}: seq {fields.Sequence}: {fields.Dropped} records were dropped (the audit queue was full)");
+                }
+                else if (fields.Type == "audit_sink_failure")
+                {
+                    sinkFailures++;
+                    notes.Add($"{where}: seq {fields.Sequence}: a sink failed to keep some events (see the event)");
+                }
+            }
+        }
+        if (events == 0 && problems.Count == 0)
+        {
+            problems.Add("no audit events found");
+        }
+        return Result();
+
+        AuditVerifyResult Result() => new(ordered.Count, events, first, last, dropped, sinkFailures, algorithm, problems, notes);
+    }
+
+    private record struct Fields(long Sequence, string? Type, byte[] Prev, string? Chain, long Dropped);
+
+    private static bool TryReadFields(ReadOnlySpan<byte> eventJson, out Fields fields)
+    {
+        fields = new Fields(0, null, [], null, 0);
+        var reader = new Utf8JsonReader(eventJson);
+        try
+        {
+            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+            {
+                return false;
+            }
+            var hasSequence = false;
+            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+            {
+                var name = reader.GetString();
+                reader.Read();
+                switch (name)
+                {
+                    case "seq" when reader.TokenType == JsonTokenType.Number:
+                        hasSequence = reader.TryGetInt64(out var sequence);
+                        fields.Sequence = sequence;
+                        break;
+                    case "type" when reader.TokenType == JsonTokenType.String:
+                        fields.Type = reader.GetString();
+                        break;
+                    case "chain" when reader.TokenType == JsonTokenType.String:
+                        fields.Chain = reader.GetString();
+                        break;
+                    case "dropped" when reader.TokenType == JsonTokenType.Number:
+                        fields.Dropped = reader.GetInt64();
+                        break;
+                    case "prev" when reader.TokenType == JsonTokenType.String:
+                        fields.Prev = Convert.FromHexString(reader.GetString()!);
+                        break;
+                    default:
+                        reader.Skip();
+                        break;
+                }
+            }
+            return hasSequence && fields.Type is not null && fields.Prev.Length == AuditChain.HashBytes;
+        }
+        catch (Exception ex) when (ex is JsonException or FormatException or InvalidOperationException)
+        {
+            return false;
+        }
+    }
+
+    private static long FirstSequence(string file)
+    {
+        foreach (var line in ReadLines(file))
+        {
+            var reader = new Utf8JsonReader(line);
+            try
+            {
+                if (reader.Read() && reader.Read() && reader.ValueTextEquals("seq"u8) && reader.Read() && reader.TryGetInt64(out var sequence))
+                {
+                    return sequence;
+                }
+            }
+            catch (JsonException)
+            {
+            }
+            return long.MaxValue;
+        }
+        return long.MaxValue;
+    }
+
+    /// <summary>The file's lines as bytes, without their newline; a last line without one is returned too.</summary>
+    private static IEnumerable<byte[]> ReadLines(string file)
+    {
+        using var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, 1 << 16);
+        var buffer = new byte[1 << 16];
+        var pending = new MemoryStream();
+        int read;
+        while ((read = stream.Read(buffer, 0, buffer.Length)) > 0)
+        {
+            var start = 0;
+            for (var i = 0; i < read; i++)
+            {
+                if (buffer[i] != (byte)'\n')
+                {
+                    continue;
+                }
+                pending.Write(buffer, start, i - start);
+                yield return pending.ToArray();
+                pending.SetLength(0);
+                start = i + 1;
+            }
+            pending.Write(buffer, start, read - start);
+        }
+        if (pending.Length > 0)
+        {
+            yield return pending.ToArray();
+        }
+    }
+}

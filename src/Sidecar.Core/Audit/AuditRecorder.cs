@@ -27,7 +27,13 @@ public sealed class AuditRecorder
     private long _nextCallId;
     private long _dropped;
 
-    internal AuditRecorder(AuditQueue? queue) => _queue = queue;
+    private readonly int _maxArgumentBytes;
+
+    internal AuditRecorder(AuditQueue? queue)
+    {
+        _queue = queue;
+        _maxArgumentBytes = queue is null ? 0 : Math.Max(0, queue.BufferBytes - MaxToolBytes - MaxIdBytes);
+    }
 
     /// <summary>A recorder that records nothing (<c>"audit": {"enabled": false}</c>).</summary>
     public static AuditRecorder Disabled { get; } = new(null);
@@ -86,7 +92,7 @@ public sealed class AuditRecorder
         entry.IdTruncated = idBytes < rawId.Length;
         rest = rest[idBytes..];
 
-        var argumentBytes = (int)Math.Min(arguments.Length, rest.Length);
+        var argumentBytes = (int)Math.Min(arguments.Length, Math.Min(rest.Length, _maxArgumentBytes));
         arguments.Slice(0, argumentBytes).CopyTo(rest);
         entry.ArgumentsLength = argumentBytes;
         entry.ArgumentsTotalLength = (int)Math.Min(arguments.Length, int.MaxValue);

@@ -15,6 +15,7 @@ public sealed class FileAuditSink : IAuditSink
 {
     private readonly AuditFileConfig _config;
     private readonly ILogger _logger;
+    private readonly FileStream _lock;
     private FileStream _stream;
     private long _fileFirst;
     private long _fileLast;
@@ -27,22 +28,34 @@ public sealed class FileAuditSink : IAuditSink
         try
         {
             Directory.CreateDirectory(directory);
+            // An exclusive lock on a side file, so readers (tail, sidecar audit verify) can open the trail itself.
+            _lock = new FileStream(config.Path + ".lock", FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
             _stream = Open(config.Path);
         }
         catch (IOException ex)
         {
+            _lock?.Dispose();
             throw new AuditSinkException($"cannot open the audit file {config.Path}: {ex.Message} (is another gateway writing it?)", ex);
         }
         catch (UnauthorizedAccessException ex)
         {
             throw new AuditSinkException($"cannot open the audit file {config.Path}: {ex.Message}", ex);
         }
-        Head = ReadHead(_stream, out _fileFirst);
-        _fileLast = Head.Sequence;
-        if (Head.Sequence == 0 && NewestRotated() is { } rotated)
+        try
         {
-            using var previous = new FileStream(rotated, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-            Head = ReadHead(previous, out _) with { RecoveredBytes = 0 };
+            Head = ReadHead(_stream, out _fileFirst);
+            _fileLast = Head.Sequence;
+            if (Head.Sequence == 0 && NewestRotated() is { } rotated)
+            {
+                using var previous = new FileStream(rotated, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+                Head = ReadHead(previous, out _) with { RecoveredBytes = Head.RecoveredBytes };
+            }
+        }
+        catch
+        {
+            _stream.Dispose();
+            _lock.Dispose();
+            throw;
         }
     }
 
@@ -82,7 +95,11 @@ public sealed class FileAuditSink : IAuditSink
         return ValueTask.CompletedTask;
     }
 
-    public ValueTask DisposeAsync() => _stream.DisposeAsync();
+    public async ValueTask DisposeAsync()
+    {
+        await _stream.DisposeAsync().ConfigureAwait(false);
+        await _lock.DisposeAsync().ConfigureAwait(false);
+    }
 
     private void Rotate()
     {
@@ -229,18 +246,6 @@ public sealed class FileAuditSink : IAuditSink
         {
             return false;
         }
-    }
-}
-
-/// <summary>A sink could neither deliver a batch nor keep it for later.</summary>
-public sealed class AuditSinkException : Exception
-{
-    public AuditSinkException(string message) : base(message)
-    {
-    }
-
-    public AuditSinkException(string message, Exception inner) : base(message, inner)
-    {
     }
 }
 

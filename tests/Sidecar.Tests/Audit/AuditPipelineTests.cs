@@ -1,0 +1,164 @@
+using System.Buffers;
+using System.Text;
+using System.Text.Json;
+using Sidecar.Audit;
+using Sidecar.Decisions;
+
+namespace Sidecar.Tests.Audit;
+
+public sealed class AuditPipelineTests
+{
+    private static List<JsonElement> Events(MemorySink sink) => sink.Lines.Select(l => JsonDocument.Parse(l).RootElement.Clone()).ToList();
+
+    private static List<JsonElement> Calls(MemorySink sink) => Events(sink).Where(e => e.GetProperty("type").GetString() == "tool_call").ToList();
+
+    [Fact]
+    public async Task A_blocked_call_is_written_at_once_and_a_forwarded_one_when_it_completes()
+    {
+        var sink = new MemorySink();
+        var pipeline = AuditTest.Pipeline(sink);
+        pipeline.Start();
+        var recorder = pipeline.Recorder;
+
+        AuditTest.Record(recorder, "drop_flow", """{"id":7}""", AuditTest.Decision(DecisionOutcome.Deny, "tools.drop_flow", "no"), forwarded: false, id: "\"a\"");
+        var call = AuditTest.Record(recorder, "echo", """{"message":"hi"}""", AuditTest.Decision(DecisionOutcome.Allow), forwarded: true, id: "2");
+        Assert.NotEqual(0, call);
+        await WaitAsync(() => Calls(sink).Count == 1);
+        Assert.Equal("blocked", Calls(sink)[0].GetProperty("outcome").GetString());
+        Assert.Equal(-32010, Calls(sink)[0].GetProperty("errorCode").GetInt32());
+        Assert.Equal("a", Calls(sink)[0].GetProperty("requestId").GetString());
+
+        recorder.RecordCompletion(call, AuditOutcome.ToolError);
+        await WaitAsync(() => Calls(sink).Count == 2);
+        var second = Calls(sink)[1];
+        Assert.Equal("echo", second.GetProperty("tool").GetString());
+        Assert.Equal(2, second.GetProperty("requestId").GetInt32());
+        Assert.Equal("tool_error", second.GetProperty("outcome").GetString());
+        Assert.True(second.GetProperty("upstreamMs").GetDouble() >= 0);
+        Assert.Equal("hi", second.GetProperty("arguments").GetProperty("message").GetString());
+        await pipeline.DisposeAsync();
+
+        var types = Events(sink).Select(e => e.GetProperty("type").GetString()).ToList();
+        Assert.Equal(["audit_start", "tool_call", "tool_call", "audit_stop"], types);
+    }
+
+    [Fact]
+    public async Task Calls_still_in_flight_at_shutdown_are_written_as_unknown()
+    {
+        var sink = new MemorySink();
+        var pipeline = AuditTest.Pipeline(sink);
+        pipeline.Start();
+        AuditTest.Record(pipeline.Recorder, "echo", "{}", AuditTest.Decision(DecisionOutcome.Allow), forwarded: true);
+        await pipeline.DisposeAsync();
+        var call = Assert.Single(Calls(sink));
+        Assert.Equal("unknown", call.GetProperty("outcome").GetString());
+    }
+
+    [Fact]
+    public async Task Shadow_decisions_are_recorded_as_not_enforced_with_the_real_outcome()
+    {
+        var sink = new MemorySink();
+        var pipeline = AuditTest.Pipeline(sink);
+        pipeline.Start();
+        var id = AuditTest.Record(pipeline.Recorder, "set_option", """{"key":"mode"}""", AuditTest.Decision(DecisionOutcome.Deny, enforced: false), forwarded: true);
+        pipeline.Recorder.RecordCompletion(id, AuditOutcome.Ok);
+        await pipeline.DisposeAsync();
+        var call = Assert.Single(Calls(sink));
+        Assert.Equal("deny", call.GetProperty("decision").GetString());
+        Assert.False(call.GetProperty("enforced").GetBoolean());
+        Assert.Equal("ok", call.GetProperty("outcome").GetString());
+        Assert.Equal("mode", call.GetProperty("arguments").GetProperty("key").GetString()); // "key" is not a secret name
+    }
+
+    [Fact]
+    public async Task A_full_queue_drops_records_and_the_trail_says_how_many()
+    {
+        var sink = new MemorySink();
+        var pipeline = AuditTest.Pipeline(sink, AuditTest.Config(buffer: 64));
+        // Not started: nothing drains, so the 65th record onwards find the queue full.
+        for (var i = 0; i < 100; i++)
+        {
+            AuditTest.Record(pipeline.Recorder, "echo", "{}", AuditTest.Decision(DecisionOutcome.Deny), forwarded: false);
+        }
+        Assert.Equal(36, pipeline.Recorder.Dropped);
+        pipeline.Start();
+        await pipeline.DisposeAsync();
+        var gap = Assert.Single(Events(sink), e => e.GetProperty("type").GetString() == "audit_gap");
+        Assert.Equal(36, gap.GetProperty("dropped").GetInt64());
+        Assert.Equal(64, Calls(sink).Count);
+    }
+
+    [Fact]
+    public async Task A_failing_sink_is_recorded_in_the_trail_and_the_other_sinks_keep_everything()
+    {
+        var failing = new MemorySink { Fail = true };
+        var good = new MemorySink();
+        var pipeline = new AuditPipeline(AuditTest.Config(), [failing, good], Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance,
+            TimeSpan.FromMinutes(1), AuditChainHead.Empty, "test");
+        pipeline.Start();
+        AuditTest.Record(pipeline.Recorder, "echo", "{}", AuditTest.Decision(DecisionOutcome.Deny), forwarded: false);
+        await WaitAsync(() => Events(good).Any(e => e.GetProperty("type").GetString() == "audit_sink_failure"));
+        failing.Fail = false;
+        await pipeline.DisposeAsync();
+        var failure = Events(good).First(e => e.GetProperty("type").GetString() == "audit_sink_failure");
+        Assert.Equal("memory", failure.GetProperty("sink").GetString());
+        Assert.Equal("1..2", failure.GetProperty("events").GetString());
+        Assert.True(pipeline.SinkFailures >= 1);
+    }
+
+    [Fact]
+    public async Task Long_arguments_are_cut_at_the_cap_and_still_written_as_valid_json()
+    {
+        var sink = new MemorySink();
+        var pipeline = AuditTest.Pipeline(sink, AuditTest.Config(maxArgumentBytes: 64));
+        pipeline.Start();
+        var arguments = """{"a":"short","list":[1,2,3,{"deep":"x"}],"long":""" + "\"" + new string('y', 200) + "\"}";
+        AuditTest.Record(pipeline.Recorder, "echo", arguments, AuditTest.Decision(DecisionOutcome.Deny), forwarded: false);
+        await pipeline.DisposeAsync();
+        var call = Assert.Single(Calls(sink));
+        Assert.True(call.GetProperty("argumentsTruncated").GetBoolean());
+        Assert.Equal(Encoding.UTF8.GetByteCount(arguments), call.GetProperty("argumentsBytes").GetInt32());
+        Assert.Equal("short", call.GetProperty("arguments").GetProperty("a").GetString());
+    }
+
+    [Fact]
+    public void Recording_allocates_nothing_once_the_queue_slots_are_warm()
+    {
+        var pipeline = AuditTest.Pipeline(new MemorySink(), AuditTest.Config(buffer: 64));
+        var recorder = pipeline.Recorder;
+        var queue = recorder.Queue!;
+        var decision = AuditTest.Decision(DecisionOutcome.Allow);
+        var arguments = new ReadOnlySequence<byte>("""{"message":"hello","n":1}"""u8.ToArray());
+        var id = "17"u8.ToArray();
+        var context = new CallContext(null, null, "session");
+
+        void Cycle()
+        {
+            for (var i = 0; i < 32; i++)
+            {
+                var call = recorder.RecordDecision("srv", context, "echo", id, arguments, decision, forwarded: true);
+                recorder.RecordCompletion(call, AuditOutcome.Ok);
+            }
+            // Consume like the writer does, without serializing (that is the writer's allocation, off the call path).
+            while (queue.TryPeek(out var position))
+            {
+                queue.Release(position);
+            }
+        }
+
+        Cycle(); // every slot gets its buffer
+        var before = GC.GetAllocatedBytesForCurrentThread();
+        Cycle();
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+    }
+
+    private static async Task WaitAsync(Func<bool> condition)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "timed out waiting for the audit writer");
+            await Task.Delay(10);
+        }
+    }
+}

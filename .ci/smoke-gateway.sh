@@ -14,7 +14,8 @@ cat > "$work/sidecar.json" <<JSON
   "listen": "127.0.0.1:$port",
   "mcpServers": {
     "everything": { "command": "node", "args": ["$fixtures/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio"], "policy": "policy.json" }
-  }
+  },
+  "audit": { "file": "audit/audit.jsonl", "flushInterval": "50ms" }
 }
 JSON
 cat > "$work/policy.json" <<'JSON'
@@ -52,3 +53,14 @@ post '{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"get-env","
 post '{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","arguments":{"message":"again"}}}' | grep -q 'Echo: again'
 post '{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","arguments":{"message":"third"}}}' | grep -q '"code":-32011'
 echo "gateway smoke test passed: allowed, hidden, denied and rate-limited calls behave through the AOT binary"
+
+# The audit trail: SIGTERM drains it (audit_stop), every decision is one event, and the chain verifies.
+kill -TERM $pid
+wait $pid || true
+audit="$work/audit/audit.jsonl"
+[ "$(grep -c '"type":"tool_call"' "$audit")" = 4 ] || { cat "$audit"; echo "expected 4 tool_call audit events" >&2; exit 1; }
+grep -q '"type":"audit_stop"' "$audit" || { echo "no audit_stop: the trail was not drained on shutdown" >&2; exit 1; }
+grep '"requestId":4' "$audit" | grep -q '"decision":"deny"' || { echo "the denied call is not in the audit trail" >&2; exit 1; }
+grep '"requestId":3' "$audit" | grep -q '"outcome":"ok"' || { echo "the allowed call has no outcome in the audit trail" >&2; exit 1; }
+"$bin" audit verify "$audit"
+echo "audit smoke test passed: 4 decisions recorded, drained on SIGTERM, chain verified by the AOT binary"

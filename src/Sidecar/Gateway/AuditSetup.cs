@@ -36,6 +36,10 @@ internal static class AuditSetup
         {
             sinks.Add(new StdoutAuditSink());
         }
+        if (audit.Http is { } http)
+        {
+            sinks.Add(new HttpAuditSink(http, loggers.CreateLogger("Sidecar.Audit.Http")));
+        }
         if (sinks.Count == 0)
         {
             logger.LogWarning("Audit is on but has no sink: decisions are recorded nowhere");
@@ -46,15 +50,20 @@ internal static class AuditSetup
         var pendingTimeout = config.Limits.UpstreamTimeout + TimeSpan.FromMinutes(1);
         var pipeline = new AuditPipeline(audit, sinks, logger, pendingTimeout, head, Source);
         logger.LogInformation("Audit: {Sinks}, chain {Chain} continuing after seq {Sequence}",
-            string.Join(", ", SinkNames(sinks)), audit.HmacKey is null ? "sha256" : "hmac-sha256", head.Sequence);
+            string.Join(", ", SinkNames(sinks, audit)), audit.HmacKey is null ? "sha256" : "hmac-sha256", head.Sequence);
         return pipeline;
     }
 
-    private static IEnumerable<string> SinkNames(List<IAuditSink> sinks)
+    private static IEnumerable<string> SinkNames(List<IAuditSink> sinks, AuditConfig config)
     {
         foreach (var sink in sinks)
         {
-            yield return sink is FileAuditSink f ? $"file {f.Path}" : sink.Name;
+            yield return sink switch
+            {
+                FileAuditSink f => $"file {f.Path}",
+                HttpAuditSink => $"http (spool {config.Http!.SpoolDirectory})",
+                _ => sink.Name,
+            };
         }
     }
 

@@ -163,6 +163,57 @@ public sealed class GatewayAuditTests : IDisposable
         }
     }
 
+    [Fact]
+    public async Task An_http_collector_that_is_down_gets_the_same_chain_as_the_file_once_it_is_back()
+    {
+        await McpServerFixtures.EnsureInstalledAsync();
+        await using var collector = await AuditCollector.StartAsync();
+        collector.Status = 503; // down at first: the gateway spools
+        var folder = Path.Combine(Path.GetTempPath(), "sidecar-audit-http-" + Guid.NewGuid().ToString("N"));
+        var auditFile = Path.Combine(folder, "audit.jsonl");
+        var audit = ",\"audit\":" + JsonSerializer.Serialize(new Dictionary<string, object>
+        {
+            ["file"] = auditFile,
+            ["flushInterval"] = "20ms",
+            ["http"] = new Dictionary<string, object>
+            {
+                ["url"] = collector.Url.ToString(),
+                ["spool"] = Path.Combine(folder, "spool"),
+                ["headers"] = new Dictionary<string, string> { ["Authorization"] = "Bearer collector-secret-1234567" },
+            },
+        });
+        var host = await SidecarHost.StartAsync(Config(audit), new Dictionary<string, string> { ["policy.json"] = Policy });
+        try
+        {
+            var session = await InitializeAsync(host);
+            for (var i = 1; i <= 4; i++)
+            {
+                await CallAsync(host, session, i, "get-sum", $$"""{"a":{{i}},"b":2}""");
+            }
+            var deadline = DateTime.UtcNow.AddSeconds(20);
+            while (Directory.GetFiles(Path.Combine(folder, "spool"), "*.ndjson").Length == 0)
+            {
+                Assert.True(DateTime.UtcNow < deadline, "nothing was spooled while the collector was down");
+                await Task.Delay(20);
+            }
+            collector.Status = 200;
+            await CallAsync(host, session, 5, "get-tiny-image", "{}");
+            await host.StopAsync();
+
+            var file = await File.ReadAllTextAsync(auditFile);
+            var delivered = string.Concat(collector.Accepted.Select(r => r.Body));
+            Assert.Equal(file, delivered); // every event, in order, byte for byte: the collector can verify the chain too
+            Assert.All(collector.Accepted, r => Assert.Equal("Bearer collector-secret-1234567", r.Headers["Authorization"]));
+            Assert.DoesNotContain("collector-secret", host.Log.ToString(), StringComparison.Ordinal);
+            Assert.Empty(Directory.GetFiles(Path.Combine(folder, "spool"), "*.ndjson"));
+        }
+        finally
+        {
+            await host.DisposeAsync();
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
     private static async Task<(int Code, string Output, string Error)> VerifyAsync(params string[] args)
     {
         var output = new StringWriter();

@@ -25,13 +25,13 @@ const SCENARIOS = {
   'churn-c8': 'session churn: 8 workers × (initialize → 10 calls → DELETE)',
   'sse-r500-s16': '500 calls/s over 16 sessions, each holding its GET SSE stream open',
 };
-const TARGETS = ['direct', 'sidecar-http', 'sidecar-stdio', 'sidecar-trip', 'sidecar-nospin', 'mcp-proxy', 'supergateway'];
+const TARGETS = ['direct', 'sidecar-http', 'sidecar-stdio', 'sidecar-trip', 'sidecar-spin', 'mcp-proxy', 'supergateway'];
 const TARGET_TEXT = {
   direct: 'echo server over Streamable HTTP, no proxy',
-  'sidecar-http': 'Sidecar (50-rule policy, limits never trip) → HTTP echo',
-  'sidecar-stdio': 'Sidecar (same policy) → stdio echo, one process per session',
+  'sidecar-http': 'Sidecar (50-rule policy, limits never trip, audit trail to a JSONL file) → HTTP echo',
+  'sidecar-stdio': 'Sidecar (same policy, same audit) → stdio echo, one process per session',
   'sidecar-trip': 'Sidecar (same policy, echo limited to 50 calls/s per session) → HTTP echo',
-  'sidecar-nospin': 'diagnostic: sidecar-http with DOTNET_ThreadPool_UnfairSemaphoreSpinLimit=0 (thread-pool workers sleep instead of spinning)',
+  'sidecar-spin': 'diagnostic: sidecar-http with DOTNET_ThreadPool_UnfairSemaphoreSpinLimit=70, the runtime default (Sidecar ships with 0: idle thread-pool workers sleep instead of spinning)',
   'mcp-proxy': 'mcp-proxy 6.7.19 → stdio echo (one shared process)',
   supergateway: 'supergateway 4.0.0 --stateful → stdio echo, one process per session',
 };
@@ -120,6 +120,13 @@ for (const [name, s] of [['50-rule policy (policy-realistic.json)', st], ['1-rul
   out.push(`| ${name} | ${f(s.readyMs.min, 1)} / ${f(s.readyMs.median, 1)} / ${f(s.readyMs.max, 1)} | ${f(s.idleRssMb.median, 1)} | ${f(s.binaryBytes / 1048576, 1)} |`);
 }
 out.push('');
+const audit = (() => { try { return readFileSync(join(dir, 'audit.txt'), 'utf8').trim(); } catch { return ''; } })();
+if (audit) {
+  out.push('## Audit trails under load', '');
+  out.push('Every Sidecar target writes its audit trail to a JSONL file (bench/load/results/audit/, rotated at 64 MB, 2 rotated files kept). After the run each is stopped with SIGTERM (draining its queue) and checked with `sidecar audit verify`. `audit_gap` events would mean records dropped because the queue was full.', '');
+  out.push('| target | tool_call events (kept files) | audit_gap events | sidecar audit verify |', '|---|--:|--:|---|');
+  out.push(audit, '');
+}
 out.push('## Targets', '');
 for (const t of TARGETS) out.push(`- **${t}**: ${TARGET_TEXT[t]}`);
 out.push('');

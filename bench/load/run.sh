@@ -74,12 +74,13 @@ start() { # name, port, command...
 }
 
 log "starting targets"
+rm -rf "$RESULTS/audit" # each Sidecar target writes its audit trail here (config: "audit"), verified after the run
 start echo-http    9100 node "$HERE/echo-server/http.cjs" 9100
 start sidecar-http  9101 "$SIDECAR" run --config "$HERE/config/sidecar-http.json"
 start sidecar-stdio 9102 "$SIDECAR" run --config "$HERE/config/sidecar-stdio.json"
-# Diagnostic: the same Sidecar with the .NET thread pool's spin-before-sleep turned off (an environment knob, no
-# code change), to show how much of its CPU per call at moderate rates is idle spinning.
-DOTNET_ThreadPool_UnfairSemaphoreSpinLimit=0 start sidecar-nospin 9106 "$SIDECAR" run --config "$HERE/config/sidecar-nospin.json"
+# Diagnostic: the same Sidecar with the .NET thread pool's spin-before-sleep back at the runtime's default (70).
+# Sidecar ships with it off (0: idle workers sleep at once); this shows what spinning costs and buys.
+DOTNET_ThreadPool_UnfairSemaphoreSpinLimit=70 start sidecar-spin 9106 "$SIDECAR" run --config "$HERE/config/sidecar-spin.json"
 start sidecar-trip  9103 "$SIDECAR" run --config "$HERE/config/sidecar-trip.json"
 start mcp-proxy     9104 node "$HERE/node_modules/mcp-proxy/dist/bin/mcp-proxy.mjs" --host 127.0.0.1 --port 9104 \
                          --server stream --sessionIdleTimeout 300000 -- node "$HERE/echo-server/stdio.cjs"
@@ -101,7 +102,7 @@ declare -A URL=(
   [sidecar-http]=http://127.0.0.1:9101/servers/echo/mcp
   [sidecar-stdio]=http://127.0.0.1:9102/servers/echo/mcp
   [sidecar-trip]=http://127.0.0.1:9103/servers/echo/mcp
-  [sidecar-nospin]=http://127.0.0.1:9106/servers/echo/mcp
+  [sidecar-spin]=http://127.0.0.1:9106/servers/echo/mcp
   [mcp-proxy]=http://127.0.0.1:9104/mcp
   [supergateway]=http://127.0.0.1:9105/mcp
 )
@@ -110,7 +111,7 @@ declare -A CPU_PIDS=(
   [sidecar-http]=$PID_sidecar_http,$PID_echo_http
   [sidecar-stdio]=$PID_sidecar_stdio
   [sidecar-trip]=$PID_sidecar_trip,$PID_echo_http
-  [sidecar-nospin]=$PID_sidecar_nospin,$PID_echo_http
+  [sidecar-spin]=$PID_sidecar_spin,$PID_echo_http
   [mcp-proxy]=$PID_mcp_proxy
   [supergateway]=$PID_supergateway
 )
@@ -127,7 +128,7 @@ declare -A ARGS=(
 SCENARIOS="${SCENARIOS:-r500-s1 r2000-s64 sat-c1 sat-c64 churn-c8 sse-r500-s16}"
 TARGETS="direct sidecar-http sidecar-stdio mcp-proxy supergateway"
 targets_for() { # the tripping-limits variant runs r500-s1 and sat-c64, the no-spin diagnostic those and r2000-s64
-  case "$1" in r500-s1|sat-c64) echo "$TARGETS sidecar-trip sidecar-nospin" ;; r2000-s64) echo "$TARGETS sidecar-nospin" ;; *) echo "$TARGETS" ;; esac
+  case "$1" in r500-s1|sat-c64) echo "$TARGETS sidecar-trip sidecar-spin" ;; r2000-s64) echo "$TARGETS sidecar-spin" ;; *) echo "$TARGETS" ;; esac
 }
 
 JSONL="$RESULTS/latest.jsonl"
@@ -154,6 +155,24 @@ log "start-up to ready (50-rule policy and a 1-rule policy)"
   -- run --config "$HERE/config/sidecar-startup.json" > "$RESULTS/startup.json" || true
 "$LOAD" startup --exe "$SIDECAR" --ready http://127.0.0.1:9110/readyz --trials 5 --idle 2 \
   -- run --config "$HERE/config/sidecar-startup-minimal.json" > "$RESULTS/startup-minimal.json" || true
+
+# ---------------------------------------------------------------- audit trails
+# Stop the Sidecar targets with SIGTERM (they drain their audit queue), then verify each trail's hash chain and count
+# its events: nothing may be lost under load.
+for name in sidecar-http sidecar-stdio sidecar-trip sidecar-spin; do
+  pid_var="PID_${name//-/_}"
+  kill -TERM "${!pid_var}" 2>/dev/null || true
+done
+sleep 3
+: > "$RESULTS/audit.txt"
+for name in sidecar-http sidecar-stdio sidecar-trip sidecar-spin; do
+  files=("$RESULTS/audit/$name"*.jsonl)
+  verdict=$("$SIDECAR" audit verify "${files[@]}" 2>&1 | tail -1)
+  calls=$(cat "${files[@]}" | grep -c '"type":"tool_call"' || true)
+  gaps=$(cat "${files[@]}" | grep -c '"type":"audit_gap"' || true)
+  echo "| $name | $calls | $gaps | $verdict |" >> "$RESULTS/audit.txt"
+done
+log "audit trails: $(tr '\n' ' ' < "$RESULTS/audit.txt")"
 
 # ---------------------------------------------------------------- report
 {

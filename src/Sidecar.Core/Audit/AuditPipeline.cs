@@ -96,7 +96,7 @@ public sealed class AuditPipeline : IAsyncDisposable
         {
             return;
         }
-        WriteLifecycle("audit_start");
+        // audit_start is written by the writer itself: hashing loads the crypto library, which need not delay start-up.
         _loop = Task.Run(RunAsync);
     }
 
@@ -104,6 +104,7 @@ public sealed class AuditPipeline : IAsyncDisposable
     {
         try
         {
+            WriteLifecycle("audit_start");
             while (!_stop.IsCancellationRequested)
             {
                 var drained = Drain();

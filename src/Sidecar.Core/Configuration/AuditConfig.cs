@@ -22,7 +22,7 @@ public sealed record AuditConfig(
         File: new AuditFileConfig(Path.GetFullPath(DefaultFilePath), AuditFileConfig.DefaultMaxBytes, AuditFileConfig.DefaultMaxFiles),
         Stdout: false,
         Http: null,
-        BufferEvents: 16_384,
+        BufferEvents: 8192,
         BatchEvents: 512,
         FlushInterval: TimeSpan.FromMilliseconds(200),
         MaxArgumentBytes: 2048,

@@ -21,7 +21,13 @@ internal static class GatewayHost
         }
         var address = host == "localhost" ? IPAddress.Loopback : IPAddress.Parse(host);
 
-        var builder = WebApplication.CreateSlimBuilder();
+        // The empty builder: no appsettings files, no environment-variable configuration and, above all, no file
+        // watcher on the content root. The slim builder watches the working directory for appsettings changes, and on
+        // Linux that walks every folder below it at start (from "/" in a container, or a repository with node_modules:
+        // hundreds of milliseconds). Sidecar reads its own config file; Kestrel and routing are added explicitly.
+        var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions { ContentRootPath = AppContext.BaseDirectory });
+        builder.WebHost.UseKestrelCore();
+        builder.Services.AddRoutingCore();
         builder.Logging.ClearProviders();
         builder.Logging.SetMinimumLevel(logLevel);
         builder.Logging.AddFilter("Microsoft.AspNetCore", logLevel <= LogLevel.Debug ? logLevel : LogLevel.Warning);

@@ -52,6 +52,8 @@ public sealed class AuditPipeline : IAsyncDisposable
     private long _written;
     private long _sinkFailures;
     private Task? _loop;
+    private DateTime _anchorUtc = DateTime.UtcNow;
+    private long _anchorTimestamp = Stopwatch.GetTimestamp();
     private int _disposed;
 
     public AuditPipeline(AuditConfig config, IReadOnlyList<IAuditSink> sinks, ILogger logger, TimeSpan pendingTimeout,
@@ -131,6 +133,9 @@ public sealed class AuditPipeline : IAsyncDisposable
     /// <summary>Moves queued records into the batch; returns how many records it took.</summary>
     private int Drain()
     {
+        // Re-anchored on every pass, so event times follow the wall clock (NTP steps included) to within a pass.
+        _anchorUtc = DateTime.UtcNow;
+        _anchorTimestamp = Stopwatch.GetTimestamp();
         NoteDrops();
         var taken = 0;
         while (taken < _config.BatchEvents && _queue.TryPeek(out var position))
@@ -209,7 +214,7 @@ public sealed class AuditPipeline : IAsyncDisposable
 
     private void WriteCall(in AuditEntry entry, ReadOnlySpan<byte> bytes, AuditOutcome outcome, int errorCode, long latencyTicks)
     {
-        BeginEvent("tool_call", new DateTime(entry.UtcTicks, DateTimeKind.Utc));
+        BeginEvent("tool_call", WallClock(entry.Timestamp));
         var json = _json;
         json.WriteString("server"u8, entry.Server);
         WriteOptional(json, "session"u8, entry.Session);
@@ -256,6 +261,9 @@ public sealed class AuditPipeline : IAsyncDisposable
         }
         EndEvent();
     }
+
+    private DateTime WallClock(long timestamp)
+        => _anchorUtc - TimeSpan.FromSeconds((double)(_anchorTimestamp - timestamp) / Stopwatch.Frequency);
 
     private static void WriteOptional(Utf8JsonWriter json, ReadOnlySpan<byte> name, string? value)
     {

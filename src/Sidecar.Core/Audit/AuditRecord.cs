@@ -59,11 +59,11 @@ internal struct AuditEntry
     public AuditRecordKind Kind;
     public long CallId;
 
-    /// <summary><see cref="System.Diagnostics.Stopwatch"/> timestamp: the decision's, or the completion's.</summary>
+    /// <summary>
+    /// <see cref="System.Diagnostics.Stopwatch"/> timestamp: the decision's, or the completion's. One clock read: the
+    /// writer derives the event's wall-clock time from it against a fresh (UTC, timestamp) anchor.
+    /// </summary>
     public long Timestamp;
-
-    /// <summary>Wall-clock time of the decision (<see cref="DateTime.Ticks"/>, UTC).</summary>
-    public long UtcTicks;
 
     public string Server;
     public string? Session;

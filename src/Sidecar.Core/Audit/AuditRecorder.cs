@@ -67,8 +67,7 @@ public sealed class AuditRecorder
         ref var entry = ref _queue.EntryAt(position);
         entry.Kind = forwarded ? AuditRecordKind.Decision : AuditRecordKind.Final;
         entry.CallId = callId;
-        entry.Timestamp = Stopwatch.GetTimestamp();
-        entry.UtcTicks = DateTime.UtcNow.Ticks;
+        entry.Timestamp = Stopwatch.GetTimestamp(); // the writer turns it into wall-clock time
         entry.Server = server;
         entry.Session = context.Session;
         entry.Identity = context.Identity;

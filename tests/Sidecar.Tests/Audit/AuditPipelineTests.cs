@@ -102,7 +102,9 @@ public sealed class AuditPipelineTests
         await pipeline.DisposeAsync();
         var failure = Events(good).First(e => e.GetProperty("type").GetString() == "audit_sink_failure");
         Assert.Equal("memory", failure.GetProperty("sink").GetString());
-        Assert.Equal("1..2", failure.GetProperty("events").GetString());
+        // The first batch it lost starts with audit_start (how many events it held depends on the writer's timing).
+        Assert.StartsWith("1..", failure.GetProperty("events").GetString(), StringComparison.Ordinal);
+        Assert.Single(Calls(good));
         Assert.True(pipeline.SinkFailures >= 1);
     }
 

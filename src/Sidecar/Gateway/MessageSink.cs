@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Threading.Tasks.Sources;
+using Sidecar.Threading;
 
 namespace Sidecar.Gateway;
 
@@ -20,8 +21,8 @@ internal readonly record struct Outbound(ReadOnlyMemory<byte> Payload, bool IsRe
 /// so one producer's messages are read in the order it wrote them. Writers never wait and take no lock.
 /// </para>
 /// <para>
-/// The reader waits on a reusable <see cref="IValueTaskSource{TResult}"/>: waiting allocates nothing (cancellation is a
-/// registration on the caller's token, undone when the wait ends). At most one wait may be pending at a time.
+/// The reader waits on the sink itself (an <see cref="IValueTaskSource{TResult}"/> over an <see cref="AsyncSignal"/>):
+/// waiting allocates nothing. At most one wait may be pending at a time.
 /// </para>
 /// </remarks>
 internal sealed class MessageSink : IValueTaskSource<bool>
@@ -43,10 +44,7 @@ internal sealed class MessageSink : IValueTaskSource<bool>
     private long _dropped;
     private int _completed;
 
-    private ManualResetValueTaskSourceCore<bool> _waiter = new() { RunContinuationsAsynchronously = true };
-    private int _waiting;
-    private CancellationToken _waitToken;
-    private CancellationTokenRegistration _waitRegistration;
+    private AsyncSignal _signal;
 
     public MessageSink(bool acceptsRelatedMessages) => AcceptsRelatedMessages = acceptsRelatedMessages;
 
@@ -126,23 +124,21 @@ internal sealed class MessageSink : IValueTaskSource<bool>
             return ValueTask.FromCanceled<bool>(cancellationToken);
         }
 
-        _waiter.Reset();
-        _waitToken = cancellationToken;
-        Interlocked.Exchange(ref _waiting, 1);
-        // A producer may have written between the first look and the flag: look again now that it is visible.
+        var version = _signal.Arm(cancellationToken);
+        // A producer may have written between the first look and the arming: look again.
         if (HasMessages() || Volatile.Read(ref _completed) != 0)
         {
-            if (Interlocked.Exchange(ref _waiting, 0) == 1)
+            if (_signal.Disarm())
             {
                 return new ValueTask<bool>(true);
             }
             // A producer took the wait and is completing it: return it.
         }
-        else if (cancellationToken.CanBeCanceled)
+        else
         {
-            _waitRegistration = cancellationToken.UnsafeRegister(s_cancel, this);
+            _signal.RegisterCancellation(cancellationToken, s_cancel, this);
         }
-        return new ValueTask<bool>(this, _waiter.Version);
+        return new ValueTask<bool>(this, version);
     }
 
     private bool HasMessages() => Volatile.Read(ref _slotState) == SlotFull || (Volatile.Read(ref _queue) is { } queue && !queue.IsEmpty);
@@ -153,39 +149,14 @@ internal sealed class MessageSink : IValueTaskSource<bool>
         return _queue;
     }
 
-    /// <summary>Releases a pending wait (the one who turns the flag off completes it, exactly once).</summary>
-    private void Wake()
-    {
-        if (Interlocked.Exchange(ref _waiting, 0) == 1)
-        {
-            _waiter.SetResult(true);
-        }
-    }
+    private void Wake() => _signal.Wake();
 
-    private void OnCanceled()
-    {
-        if (Interlocked.Exchange(ref _waiting, 0) == 1)
-        {
-            _waiter.SetException(new OperationCanceledException(_waitToken));
-        }
-    }
+    private void OnCanceled() => _signal.Cancel();
 
-    bool IValueTaskSource<bool>.GetResult(short token)
-    {
-        try
-        {
-            return _waiter.GetResult(token);
-        }
-        finally
-        {
-            _waitRegistration.Dispose();
-            _waitRegistration = default;
-            _waitToken = default;
-        }
-    }
+    bool IValueTaskSource<bool>.GetResult(short token) => _signal.GetResult(token);
 
-    ValueTaskSourceStatus IValueTaskSource<bool>.GetStatus(short token) => _waiter.GetStatus(token);
+    ValueTaskSourceStatus IValueTaskSource<bool>.GetStatus(short token) => _signal.GetStatus(token);
 
     void IValueTaskSource<bool>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
-        => _waiter.OnCompleted(continuation, state, token, flags);
+        => _signal.OnCompleted(continuation, state, token, flags);
 }

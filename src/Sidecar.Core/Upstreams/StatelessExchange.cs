@@ -159,7 +159,7 @@ internal sealed class StatelessHttpUpstream(HttpUpstream http)
         CancellationToken cancellationToken)
     {
         using var message = new HttpRequestMessage(HttpMethod.Post, http.Url) { Content = new ReadOnlyMemoryContent(request) };
-        message.Content.Headers.ContentType = HttpUpstream.JsonContentType();
+        HttpUpstream.SetJsonContentType(message.Content);
         message.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("application/json"));
         message.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("text/event-stream"));
         http.ApplyHeaders(message.Headers);

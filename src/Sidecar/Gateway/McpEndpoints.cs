@@ -21,7 +21,29 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
 
     // ---- Streamable HTTP -------------------------------------------------------------------------------------
 
-    public Task PostAsync(HttpContext context) => AsTask(PostCoreAsync(context));
+    /// <summary>
+    /// A Streamable HTTP POST. The checks before the body and the body itself (which came with the headers, usually)
+    /// are taken synchronously; the rest runs as one pooled state machine (<see cref="HandlePostAsync"/>).
+    /// </summary>
+    public Task PostAsync(HttpContext context)
+    {
+        if (FindServer(context, out var refused) is not { } server)
+        {
+            return WriteErrorAsync(context, refused.Status, ErrorCodes.ServerError, refused.Message);
+        }
+        var request = context.Request;
+        if (!HttpGuards.Accepts(request, "application/json") || !HttpGuards.Accepts(request, "text/event-stream"))
+        {
+            return WriteErrorAsync(context, StatusCodes.Status406NotAcceptable, ErrorCodes.ServerError,
+                "Not Acceptable: the client must accept both application/json and text/event-stream");
+        }
+        var read = ReadJsonBodyAsync(context);
+        if (!read.IsCompletedSuccessfully)
+        {
+            return AsTask(PostAfterReadAsync(context, server, read));
+        }
+        return read.GetAwaiter().GetResult() is { } body ? AsTask(HandlePostAsync(context, server, body)) : Task.CompletedTask;
+    }
 
     /// <summary>
     /// The request handlers run as pooled <see cref="ValueTask"/> state machines (no allocation per request once the
@@ -38,149 +60,137 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask PostCoreAsync(HttpContext context)
+    private async ValueTask PostAfterReadAsync(HttpContext context, ServerRuntime server, ValueTask<ReadOnlySequence<byte>?> read)
     {
-        if (FindServer(context, out var refused) is not { } server)
-        {
-            await WriteErrorAsync(context, refused.Status, ErrorCodes.ServerError, refused.Message).ConfigureAwait(false);
-            return;
-        }
-        var request = context.Request;
-        if (!HttpGuards.Accepts(request, "application/json") || !HttpGuards.Accepts(request, "text/event-stream"))
-        {
-            await WriteErrorAsync(context, StatusCodes.Status406NotAcceptable, ErrorCodes.ServerError,
-                "Not Acceptable: the client must accept both application/json and text/event-stream").ConfigureAwait(false);
-            return;
-        }
-        if (await ReadJsonBodyAsync(context).ConfigureAwait(false) is not { } body)
-        {
-            return;
-        }
-        try
+        if (await read.ConfigureAwait(false) is { } body)
         {
             await HandlePostAsync(context, server, body).ConfigureAwait(false);
         }
-        finally
-        {
-            request.BodyReader.AdvanceTo(body.End);
-        }
     }
 
+    /// <summary>Handles a POST whose body has been read, and gives the body back to Kestrel whatever happens.</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask HandlePostAsync(HttpContext context, ServerRuntime server, ReadOnlySequence<byte> body)
     {
-        var request = context.Request;
-        if (!TryScan(body, out var scan, out var refused))
-        {
-            await WriteErrorAsync(context, refused.Status, refused.Code, refused.Message).ConfigureAwait(false);
-            return;
-        }
-
-        var version = request.Headers["MCP-Protocol-Version"];
-        if (version.Count == 1 && version[0] == "2026-07-28"
-            && server.Connector is Upstreams.IStatelessUpstream stateless
-            && await SpeaksStatelessAsync(stateless, context.RequestAborted).ConfigureAwait(false))
-        {
-            await HandleStatelessAsync(context, server, stateless, body, scan).ConfigureAwait(false);
-            return;
-        }
-        if (version.Count == 1 && version[0] == "2026-07-28")
-        {
-            // The stateless era: this gateway serves upstreams in the session era; say so the way dual-era clients
-            // (the official C# client probes server/discover first) understand at once, and they fall back to initialize.
-            await WriteUnsupportedVersionAsync(context, scan.Kind == JsonRpcMessageKind.Request ? body.Slice(scan.Id.Start, scan.Id.Length).ToArray() : []).ConfigureAwait(false);
-            return;
-        }
-        if (HttpGuards.CheckProtocolVersion(request) is { } versionError)
-        {
-            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.ServerError, versionError).ConfigureAwait(false);
-            return;
-        }
-
-        var sessionIds = request.Headers[SessionHeader];
-        if (sessionIds.Count > 1)
-        {
-            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.ServerError, "Bad Request: more than one Mcp-Session-Id header").ConfigureAwait(false);
-            return;
-        }
-
-        AgentSession? session;
-        var isInitialize = scan.Kind == JsonRpcMessageKind.Request && scan.Method == McpMethod.Initialize;
-        if (isInitialize)
-        {
-            if (sessionIds.Count == 1)
-            {
-                await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.InvalidRequest,
-                    "Invalid Request: initialize starts a new session and must not carry Mcp-Session-Id").ConfigureAwait(false);
-                return;
-            }
-            session = gateway.CreateSession(server, legacy: false);
-            if (session is null)
-            {
-                await WriteErrorAsync(context, StatusCodes.Status503ServiceUnavailable, ErrorCodes.ServerError,
-                    "Service Unavailable: too many sessions").ConfigureAwait(false);
-                return;
-            }
-        }
-        else if (sessionIds.Count == 0)
-        {
-            var message = scan.Kind == JsonRpcMessageKind.Request && scan.Method == McpMethod.ServerDiscover
-                ? "Method not found: server/discover; this server uses initialize (protocol versions " + string.Join(", ", HttpGuards.SupportedProtocolVersions) + ")"
-                : "Bad Request: Mcp-Session-Id header is required (send initialize first)";
-            var code = scan.Method == McpMethod.ServerDiscover ? ErrorCodes.MethodNotFound : ErrorCodes.ServerError;
-            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, code, message,
-                scan.Kind == JsonRpcMessageKind.Request ? body.Slice(scan.Id.Start, scan.Id.Length).ToArray() : null).ConfigureAwait(false);
-            return;
-        }
-        else if (!server.Sessions.TryGetValue(sessionIds[0]!, out session) || session.IsDisposed || session.Legacy)
-        {
-            await WriteErrorAsync(context, StatusCodes.Status404NotFound, ErrorCodes.ServerError, "Not Found: unknown or expired session").ConfigureAwait(false);
-            return;
-        }
-
-        var useSse = WantsStream(body, scan); // the agent accepts text/event-stream: checked on arrival
-        var sink = new MessageSink(acceptsRelatedMessages: useSse);
-        var expected = 0;
-        var isBatch = scan.Kind == JsonRpcMessageKind.Batch;
         try
         {
-            if (isBatch)
+            var request = context.Request;
+            if (!TryScan(body, out var scan, out var refused))
             {
-                foreach (var range in BatchRanges(body))
+                await WriteErrorAsync(context, refused.Status, refused.Code, refused.Message).ConfigureAwait(false);
+                return;
+            }
+
+            var version = request.Headers["MCP-Protocol-Version"];
+            if (version.Count == 1 && version[0] == "2026-07-28"
+                && server.Connector is Upstreams.IStatelessUpstream stateless
+                && await SpeaksStatelessAsync(stateless, context.RequestAborted).ConfigureAwait(false))
+            {
+                await HandleStatelessAsync(context, server, stateless, body, scan).ConfigureAwait(false);
+                return;
+            }
+            if (version.Count == 1 && version[0] == "2026-07-28")
+            {
+                // The stateless era: this gateway serves upstreams in the session era; say so the way dual-era clients
+                // (the official C# client probes server/discover first) understand at once, and they fall back to initialize.
+                await WriteUnsupportedVersionAsync(context, scan.Kind == JsonRpcMessageKind.Request ? body.Slice(scan.Id.Start, scan.Id.Length).ToArray() : []).ConfigureAwait(false);
+                return;
+            }
+            if (HttpGuards.CheckProtocolVersion(request) is { } versionError)
+            {
+                await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.ServerError, versionError).ConfigureAwait(false);
+                return;
+            }
+
+            var sessionIds = request.Headers[SessionHeader];
+            if (sessionIds.Count > 1)
+            {
+                await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.ServerError, "Bad Request: more than one Mcp-Session-Id header").ConfigureAwait(false);
+                return;
+            }
+
+            AgentSession? session;
+            var isInitialize = scan.Kind == JsonRpcMessageKind.Request && scan.Method == McpMethod.Initialize;
+            if (isInitialize)
+            {
+                if (sessionIds.Count == 1)
                 {
-                    var element = body.Slice(range.Start, range.Length);
-                    expected += await ProcessBatchElementAsync(session, element, sink, context.RequestAborted).ConfigureAwait(false) ? 1 : 0;
+                    await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.InvalidRequest,
+                        "Invalid Request: initialize starts a new session and must not carry Mcp-Session-Id").ConfigureAwait(false);
+                    return;
                 }
+                session = gateway.CreateSession(server, legacy: false);
+                if (session is null)
+                {
+                    await WriteErrorAsync(context, StatusCodes.Status503ServiceUnavailable, ErrorCodes.ServerError,
+                        "Service Unavailable: too many sessions").ConfigureAwait(false);
+                    return;
+                }
+            }
+            else if (sessionIds.Count == 0)
+            {
+                var message = scan.Kind == JsonRpcMessageKind.Request && scan.Method == McpMethod.ServerDiscover
+                    ? "Method not found: server/discover; this server uses initialize (protocol versions " + string.Join(", ", HttpGuards.SupportedProtocolVersions) + ")"
+                    : "Bad Request: Mcp-Session-Id header is required (send initialize first)";
+                var code = scan.Method == McpMethod.ServerDiscover ? ErrorCodes.MethodNotFound : ErrorCodes.ServerError;
+                await WriteErrorAsync(context, StatusCodes.Status400BadRequest, code, message,
+                    scan.Kind == JsonRpcMessageKind.Request ? body.Slice(scan.Id.Start, scan.Id.Length).ToArray() : null).ConfigureAwait(false);
+                return;
+            }
+            else if (!server.Sessions.TryGetValue(sessionIds[0]!, out session) || session.IsDisposed || session.Legacy)
+            {
+                await WriteErrorAsync(context, StatusCodes.Status404NotFound, ErrorCodes.ServerError, "Not Found: unknown or expired session").ConfigureAwait(false);
+                return;
+            }
+
+            var useSse = WantsStream(body, scan); // the agent accepts text/event-stream: checked on arrival
+            var sink = new MessageSink(acceptsRelatedMessages: useSse);
+            var expected = 0;
+            var isBatch = scan.Kind == JsonRpcMessageKind.Batch;
+            try
+            {
+                if (isBatch)
+                {
+                    foreach (var range in BatchRanges(body))
+                    {
+                        var element = body.Slice(range.Start, range.Length);
+                        expected += await ProcessBatchElementAsync(session, element, sink, context.RequestAborted).ConfigureAwait(false) ? 1 : 0;
+                    }
+                }
+                else
+                {
+                    expected = await session.ProcessAsync(body, scan, sink, context.RequestAborted).ConfigureAwait(false) ? 1 : 0;
+                }
+            }
+            catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+            {
+                session.Abandon(sink);
+                return;
+            }
+
+            if (expected == 0)
+            {
+                context.Response.StatusCode = StatusCodes.Status202Accepted;
+                return;
+            }
+
+            if (useSse)
+            {
+                await WriteSseResponseAsync(context, session, sink, expected).ConfigureAwait(false);
             }
             else
             {
-                expected = await session.ProcessAsync(body, scan, sink, context.RequestAborted).ConfigureAwait(false) ? 1 : 0;
+                var started = await WriteJsonResponseAsync(context, session, sink, expected, isBatch, isInitialize).ConfigureAwait(false);
+                if (isInitialize && !started)
+                {
+                    // The upstream refused initialize, was unreachable, or never answered: no session to keep.
+                    await session.DisposeAsync().ConfigureAwait(false);
+                }
             }
         }
-        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        finally
         {
-            session.Abandon(sink);
-            return;
-        }
-
-        if (expected == 0)
-        {
-            context.Response.StatusCode = StatusCodes.Status202Accepted;
-            return;
-        }
-
-        if (useSse)
-        {
-            await WriteSseResponseAsync(context, session, sink, expected).ConfigureAwait(false);
-        }
-        else
-        {
-            var started = await WriteJsonResponseAsync(context, session, sink, expected, isBatch, isInitialize).ConfigureAwait(false);
-            if (isInitialize && !started)
-            {
-                // The upstream refused initialize, was unreachable, or never answered: no session to keep.
-                await session.DisposeAsync().ConfigureAwait(false);
-            }
+            context.Request.BodyReader.AdvanceTo(body.End);
         }
     }
 

@@ -62,7 +62,13 @@ public sealed class StatelessExchange : IAsyncDisposable
         {
             var json = _json;
             _json = null;
-            return json;
+            // Not "return json" (nor "json is null ? null : json"): a null byte[] converts to an empty
+            // ReadOnlyMemory, not to null, and the caller's "while (ReadAsync() is { } message)" would never end.
+            if (json is null)
+            {
+                return default(ReadOnlyMemory<byte>?);
+            }
+            return new ReadOnlyMemory<byte>(json);
         }
         while (true)
         {

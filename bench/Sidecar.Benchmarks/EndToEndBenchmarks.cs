@@ -19,6 +19,12 @@ public enum E2ETarget
     /// <summary>Gateway → Streamable HTTP echo answering with a <c>text/event-stream</c> body (one event).</summary>
     HttpSse,
 
+    /// <summary>
+    /// Gateway → Streamable HTTP echo (JSON answers) in the stateless era: <c>MCP-Protocol-Version: 2026-07-28</c>
+    /// with the mirrored headers, no session, each call passed through as its own upstream POST.
+    /// </summary>
+    HttpStateless,
+
     /// <summary>Gateway → stdio echo (<c>node bench/load/echo-server/stdio.cjs</c>, a process of the session's own).</summary>
     Stdio,
 }
@@ -30,7 +36,8 @@ public enum E2ETarget
 /// <c>all_tools</c> condition and a global limit), logging at Information with no provider. The agent is
 /// <see cref="RawMcpClient"/> (one keep-alive connection, blocking socket, no per-call allocation) that sends
 /// <c>initialize</c> and <c>notifications/initialized</c> once in the setup, then one <c>tools/call</c> per operation
-/// and reads the whole SSE answer (the gateway answers a <c>tools/call</c> as a stream when the agent accepts one).
+/// and reads the whole SSE answer (the gateway answers a <c>tools/call</c> as a stream when the agent accepts one); in
+/// the stateless era (<see cref="E2ETarget.HttpStateless"/>) there is no setup and the answer is the upstream's JSON.
 /// </summary>
 /// <remarks>
 /// <para>
@@ -54,7 +61,7 @@ public class EndToEndBenchmarks
     private RawMcpClient _client = null!;
     private string? _folder;
 
-    [Params(E2ETarget.Direct, E2ETarget.HttpJson, E2ETarget.HttpSse, E2ETarget.Stdio)]
+    [Params(E2ETarget.Direct, E2ETarget.HttpJson, E2ETarget.HttpSse, E2ETarget.HttpStateless, E2ETarget.Stdio)]
     public E2ETarget Target { get; set; }
 
     [GlobalSetup]
@@ -92,7 +99,14 @@ public class EndToEndBenchmarks
         }
 
         _client = new RawMcpClient(port, path);
-        _client.Initialize();
+        if (Target == E2ETarget.HttpStateless)
+        {
+            _client.UseStateless();
+        }
+        else
+        {
+            _client.Initialize();
+        }
         for (var i = 0; i < 200; i++)
         {
             ToolsCall(); // warm the connection pool, the upstream process and the JIT before BenchmarkDotNet's own warmup

@@ -16,7 +16,8 @@ public enum EchoResponseStyle
 /// keep-alive, one blocking thread per connection, every buffer allocated once per connection, so that it allocates
 /// nothing per request and the benchmark's allocation count is the gateway's. It answers <c>initialize</c> (with an
 /// <c>Mcp-Session-Id</c>), <c>tools/call</c> (a fixed text result) and any other request (an empty result), all
-/// with the request's own id token; notifications get 202; <c>GET</c> gets 405 (no standalone stream);
+/// with the request's own id token, and <c>server/discover</c> (it speaks 2026-07-28 too, statelessly: every request
+/// is answered the same with or without a session); notifications get 202; <c>GET</c> gets 405 (no standalone stream);
 /// <c>DELETE</c> gets 200. It is not a general HTTP server: it expects <c>Content-Length</c> bodies (what
 /// <c>HttpClient</c> sends for the gateway's buffered messages) and finds <c>"id"</c> and <c>"method"</c> by a byte
 /// search, which holds for the messages the benchmark sends.
@@ -30,6 +31,8 @@ public sealed class EchoUpstream : IDisposable
         ""","result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"sidecar-bench-echo","version":"1.0.0"}}}"""u8.ToArray();
     private static readonly byte[] ToolResult = ""","result":{"content":[{"type":"text","text":"hello from the benchmark"}]}}"""u8.ToArray();
     private static readonly byte[] EmptyResult = ""","result":{}}"""u8.ToArray();
+    private static readonly byte[] DiscoverResult =
+        ""","result":{"supportedVersions":["2025-06-18","2026-07-28"],"capabilities":{"tools":{}},"serverInfo":{"name":"sidecar-bench-echo","version":"1.0.0"}}}"""u8.ToArray();
 
     private readonly Socket _listener;
     private readonly EchoResponseStyle _style;
@@ -153,6 +156,7 @@ public sealed class EchoUpstream : IDisposable
         var isInitialize = body.IndexOf("\"method\":\"initialize\""u8) >= 0;
         var result = isInitialize ? InitializeResult
             : body.IndexOf("\"method\":\"tools/call\""u8) >= 0 ? ToolResult
+            : body.IndexOf("\"method\":\"server/discover\""u8) >= 0 ? DiscoverResult
             : EmptyResult;
 
         // Body first (after room for the headers), then the headers in front of it once its length is known.

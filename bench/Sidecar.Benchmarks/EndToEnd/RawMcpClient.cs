@@ -24,6 +24,8 @@ public sealed class RawMcpClient : IDisposable
     private readonly string _path;
     private readonly byte[] _buffer = new byte[BufferSize];
     private byte[] _call = [];
+    private string _extraHeaders = "";
+    private string _protocolVersion = "2025-06-18";
     private int _callIdOffset;
     private long _nextId = 1_000_000_000;
     private int _filled;
@@ -34,6 +36,7 @@ public sealed class RawMcpClient : IDisposable
         _hostHeader = $"127.0.0.1:{port}";
         _socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         _socket.Connect(new IPEndPoint(IPAddress.Loopback, port));
+        _socket.ReceiveTimeout = 30_000; // a gateway that never answers fails the run instead of hanging it
     }
 
     /// <summary>The session the gateway gave on <see cref="Initialize"/>.</summary>
@@ -59,6 +62,18 @@ public sealed class RawMcpClient : IDisposable
         {
             throw new InvalidOperationException($"notifications/initialized failed: HTTP {status}: {Encoding.UTF8.GetString(LastBody)}");
         }
+        _call = BuildRequest(ToolsCallBody);
+        _callIdOffset = _call.AsSpan().IndexOf("\"id\":1000000000"u8) + 5;
+    }
+
+    /// <summary>
+    /// Prepares stateless (MCP 2026-07-28) calls instead: no session; every <c>tools/call</c> carries
+    /// <c>MCP-Protocol-Version: 2026-07-28</c> and the mirrored <c>Mcp-Method</c>/<c>Mcp-Name</c> headers.
+    /// </summary>
+    public void UseStateless()
+    {
+        _extraHeaders = "Mcp-Method: tools/call\r\nMcp-Name: echo\r\n";
+        _protocolVersion = "2026-07-28";
         _call = BuildRequest(ToolsCallBody);
         _callIdOffset = _call.AsSpan().IndexOf("\"id\":1000000000"u8) + 5;
     }
@@ -90,7 +105,8 @@ public sealed class RawMcpClient : IDisposable
             .Append("Host: ").Append(_hostHeader).Append("\r\n")
             .Append("Content-Type: application/json\r\n")
             .Append("Accept: application/json, text/event-stream\r\n")
-            .Append("MCP-Protocol-Version: 2025-06-18\r\n");
+            .Append("MCP-Protocol-Version: ").Append(_protocolVersion).Append("\r\n")
+            .Append(_extraHeaders);
         if (SessionId is not null)
         {
             head.Append("Mcp-Session-Id: ").Append(SessionId).Append("\r\n");

@@ -67,6 +67,7 @@ internal sealed class HttpUpstream : IDisposable
             ConnectTimeout = limits.ConnectTimeout,
         };
         Client = new HttpClient(handler, disposeHandler: true) { Timeout = Timeout.InfiniteTimeSpan };
+        Invoker = new HttpMessageInvoker(handler, disposeHandler: false);
     }
 
     public ServerConfig Server { get; }
@@ -78,6 +79,16 @@ internal sealed class HttpUpstream : IDisposable
     public ILogger Logger { get; }
 
     public HttpClient Client { get; }
+
+    /// <summary>
+    /// The same pooled handler without <see cref="HttpClient"/>'s layer (a linked cancellation source and a state
+    /// machine per request, for timeouts and pending-request cancellation this class does not use): for the per-call
+    /// POSTs. Requests carry absolute URLs and the default HTTP/1.1 version, as through <see cref="Client"/>.
+    /// </summary>
+    public HttpMessageInvoker Invoker { get; }
+
+    /// <summary>Reusable per-request timeouts (see <see cref="RequestTimeouts"/>).</summary>
+    public RequestTimeouts Timeouts { get; } = new();
 
     public Uri Url { get; }
 
@@ -123,10 +134,27 @@ internal sealed class HttpUpstream : IDisposable
     public static string FormatTimeout(TimeSpan timeout) =>
         timeout.TotalSeconds >= 1 ? $"{timeout.TotalSeconds:0.###} s" : $"{timeout.TotalMilliseconds:0} ms";
 
-    public static bool IsMediaType(HttpContent content, string mediaType) =>
-        string.Equals(content.Headers.ContentType?.MediaType, mediaType, StringComparison.OrdinalIgnoreCase);
+    /// <summary>
+    /// Whether the content has exactly one <c>Content-Type</c> whose media type (before any parameters) is
+    /// <paramref name="mediaType"/>. Reads the raw header: nothing is parsed into header objects.
+    /// </summary>
+    public static bool IsMediaType(HttpContent content, string mediaType)
+    {
+        if (!content.Headers.NonValidated.TryGetValues("Content-Type", out var values) || values.Count != 1)
+        {
+            return false;
+        }
+        var type = values.ToString().AsSpan();
+        var semicolon = type.IndexOf(';');
+        if (semicolon >= 0)
+        {
+            type = type[..semicolon];
+        }
+        return type.Trim().Equals(mediaType, StringComparison.OrdinalIgnoreCase);
+    }
 
-    public static MediaTypeHeaderValue JsonContentType() => new("application/json");
+    /// <summary>Sets <c>Content-Type: application/json</c> (as a raw value: no header object to build).</summary>
+    public static void SetJsonContentType(HttpContent content) => content.Headers.TryAddWithoutValidation("Content-Type", "application/json");
 
     /// <summary>
     /// Reads a whole response body if it is at most <paramref name="maxBytes"/>; null if it is larger (the rest is not
@@ -134,7 +162,9 @@ internal sealed class HttpUpstream : IDisposable
     /// </summary>
     public static async ValueTask<byte[]?> ReadBodyAsync(HttpContent content, int maxBytes, CancellationToken cancellationToken)
     {
-        if (content.Headers.ContentLength is { } declared)
+        // Typed: the handler has already parsed it to frame the body.
+        var contentLength = content.Headers.ContentLength;
+        if (contentLength is { } declared)
         {
             if (declared > maxBytes)
             {
@@ -145,10 +175,11 @@ internal sealed class HttpUpstream : IDisposable
                 return [];
             }
         }
-        var stream = await content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
+        // The handler's response content hands its stream over at once: the synchronous call spares a Task.
+        var stream = content.ReadAsStream(cancellationToken);
         await using (stream.ConfigureAwait(false))
         {
-            var buffer = ArrayPool<byte>.Shared.Rent((int)Math.Min(maxBytes + 1L, content.Headers.ContentLength + 1 ?? 16 * 1024));
+            var buffer = ArrayPool<byte>.Shared.Rent((int)Math.Min(maxBytes + 1L, contentLength + 1 ?? 16 * 1024));
             var length = 0;
             try
             {
@@ -185,5 +216,10 @@ internal sealed class HttpUpstream : IDisposable
         }
     }
 
-    public void Dispose() => Client.Dispose();
+    public void Dispose()
+    {
+        Invoker.Dispose();
+        Client.Dispose();
+        Timeouts.Dispose();
+    }
 }

@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.IO.Pipelines;
 using System.Text;
 
 namespace Sidecar.Upstreams;
@@ -25,7 +24,7 @@ internal readonly record struct SseEvent(SseReadKind Kind, string? Type, byte[]?
 
 /// <summary>
 /// An incremental <c>text/event-stream</c> parser (WHATWG HTML "server-sent events" interpretation) over a
-/// <see cref="PipeReader"/>: lines end in CRLF, LF or CR; <c>:</c> starts a comment; <c>data</c> lines are joined
+/// <see cref="Stream"/> (left open), read into one pooled buffer: lines end in CRLF, LF or CR; <c>:</c> starts a comment; <c>data</c> lines are joined
 /// with LF; <c>event</c>, <c>id</c> and <c>retry</c> are honoured; a blank line dispatches; events with empty data are
 /// not dispatched. Memory is bounded: an event whose data exceeds <c>maxEventBytes</c>, or a line longer than that,
 /// is skipped without being buffered (reported as <see cref="SseReadKind.TooLarge"/>).
@@ -38,7 +37,17 @@ internal sealed class SseReader : IAsyncDisposable
     private const int MaxIdBytes = 1024;
     private const int MaxTypeBytes = 256;
 
-    private readonly PipeReader _reader;
+    /// <summary>The first buffer's size; it grows (pooled) only for a line longer than that.</summary>
+    private const int InitialBufferSize = 16 * 1024;
+
+    /// <summary>Never read into less free space than this.</summary>
+    private const int MinimumReadSize = 4096;
+
+    private readonly Stream _stream;
+    private byte[] _buffer;
+    private int _start;      // unparsed bytes are _buffer[_start.._end]
+    private int _end;
+    private bool _streamEnded;
     private readonly int _maxEventBytes;
     private readonly int _maxLineBytes;
     private byte[] _data = [];
@@ -54,7 +63,8 @@ internal sealed class SseReader : IAsyncDisposable
 
     public SseReader(Stream stream, int maxEventBytes)
     {
-        _reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 16 * 1024, minimumReadSize: 4096, leaveOpen: true));
+        _stream = stream;
+        _buffer = ArrayPool<byte>.Shared.Rent(InitialBufferSize);
         _maxEventBytes = maxEventBytes;
         _maxLineBytes = maxEventBytes + 16; // "data: " and friends
     }
@@ -77,21 +87,57 @@ internal sealed class SseReader : IAsyncDisposable
 
     public async ValueTask<SseEvent> ReadAsync(CancellationToken cancellationToken)
     {
+        // Parse what is buffered first (a previous read may have brought several events); read only when it is not enough.
+        var parseFirst = _end > _start;
         while (true)
         {
-            var result = await _reader.ReadAsync(cancellationToken).ConfigureAwait(false);
-            var buffer = result.Buffer;
-            var outcome = Parse(ref buffer, result.IsCompleted);
-            if (outcome.HasValue)
+            if (parseFirst || _streamEnded)
             {
-                _reader.AdvanceTo(buffer.Start);
-                return outcome.Value;
+                var buffer = new ReadOnlySequence<byte>(_buffer, _start, _end - _start);
+                var outcome = Parse(ref buffer, _streamEnded);
+                _start = _end - (int)buffer.Length; // Parse only ever consumes from the front
+                if (outcome.HasValue)
+                {
+                    return outcome.Value;
+                }
+                if (_streamEnded)
+                {
+                    return new SseEvent(SseReadKind.End, null, null);
+                }
             }
-            _reader.AdvanceTo(buffer.Start, buffer.End);
-            if (result.IsCompleted)
+            MakeRoom();
+            var read = await _stream.ReadAsync(_buffer.AsMemory(_end), cancellationToken).ConfigureAwait(false);
+            if (read == 0)
             {
-                return new SseEvent(SseReadKind.End, null, null);
+                _streamEnded = true;
             }
+            _end += read;
+            parseFirst = true;
+        }
+    }
+
+    /// <summary>
+    /// Frees at least <see cref="MinimumReadSize"/> bytes after <c>_end</c>: moves the unparsed bytes to the front, and
+    /// grows the buffer when they fill most of it (bounded: <see cref="Parse"/> drops a line once it passes the line
+    /// limit, so at most about one line's worth is ever kept).
+    /// </summary>
+    private void MakeRoom()
+    {
+        var pending = _end - _start;
+        if (_start > 0 && _buffer.Length - _end < MinimumReadSize)
+        {
+            _buffer.AsSpan(_start, pending).CopyTo(_buffer);
+            _start = 0;
+            _end = pending;
+        }
+        if (_buffer.Length - _end < MinimumReadSize)
+        {
+            var grown = ArrayPool<byte>.Shared.Rent(Math.Max(_buffer.Length * 2, pending + MinimumReadSize));
+            _buffer.AsSpan(_start, pending).CopyTo(grown);
+            ArrayPool<byte>.Shared.Return(_buffer);
+            _buffer = grown;
+            _start = 0;
+            _end = pending;
         }
     }
 
@@ -316,9 +362,15 @@ internal sealed class SseReader : IAsyncDisposable
         _data = [];
     }
 
-    public async ValueTask DisposeAsync()
+    public ValueTask DisposeAsync()
     {
-        await _reader.CompleteAsync().ConfigureAwait(false);
         ReturnData();
+        if (_buffer.Length > 0)
+        {
+            ArrayPool<byte>.Shared.Return(_buffer);
+            _buffer = [];
+            _start = _end = 0;
+        }
+        return default;
     }
 }

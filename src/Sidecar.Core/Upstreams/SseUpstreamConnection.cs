@@ -281,7 +281,7 @@ public sealed class SseUpstreamConnection : IUpstreamConnection
         var timeoutAfter = _http.Limits.UpstreamTimeout;
         using var request = new HttpRequestMessage(HttpMethod.Post, _endpoint);
         request.Content = new ReadOnlyMemoryContent(item.Buffer.AsMemory(0, item.Length));
-        request.Content.Headers.ContentType = HttpUpstream.JsonContentType();
+        HttpUpstream.SetJsonContentType(request.Content);
         _http.ApplyHeaders(request.Headers);
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_sink.Lifetime);
         timeout.CancelAfter(timeoutAfter);

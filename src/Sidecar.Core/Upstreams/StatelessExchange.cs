@@ -1,4 +1,4 @@
-using System.Net.Http.Headers;
+using System.Runtime.CompilerServices;
 using System.Text;
 using System.Text.Json;
 
@@ -20,7 +20,7 @@ public interface IStatelessUpstream
     /// Sends one request outside any session with the given <c>MCP-Protocol-Version</c>/<c>Mcp-*</c> headers and
     /// returns the server's answer, to read message by message. Throws <see cref="UpstreamException"/> when unreachable.
     /// </summary>
-    Task<StatelessExchange> SendStatelessAsync(ReadOnlyMemory<byte> request, IReadOnlyList<KeyValuePair<string, string>> mcpHeaders,
+    ValueTask<StatelessExchange> SendStatelessAsync(ReadOnlyMemory<byte> request, IReadOnlyList<KeyValuePair<string, string>> mcpHeaders,
         CancellationToken cancellationToken);
 }
 
@@ -43,11 +43,12 @@ public sealed class StatelessExchange : IAsyncDisposable
     /// <summary>True when the server answered with an SSE stream (related notifications, then the response).</summary>
     public bool IsEventStream => _events is not null;
 
-    internal static async Task<StatelessExchange> ReadAsync(HttpResponseMessage response, int maxMessageBytes, CancellationToken cancellationToken)
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    internal static async ValueTask<StatelessExchange> ReadAsync(HttpResponseMessage response, int maxMessageBytes, CancellationToken cancellationToken)
     {
         if (HttpUpstream.IsMediaType(response.Content, "text/event-stream"))
         {
-            var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
+            var stream = response.Content.ReadAsStream(cancellationToken); // the handler's stream, handed over at once
             return new StatelessExchange(response, new SseReader(stream, maxMessageBytes), null);
         }
         var body = await HttpUpstream.ReadBodyAsync(response.Content, maxMessageBytes, cancellationToken).ConfigureAwait(false)
@@ -62,7 +63,13 @@ public sealed class StatelessExchange : IAsyncDisposable
         {
             var json = _json;
             _json = null;
-            return json;
+            // Not "return json" (nor "json is null ? null : json"): a null byte[] converts to an empty
+            // ReadOnlyMemory, not to null, and the caller's "while (ReadAsync() is { } message)" would never end.
+            if (json is null)
+            {
+                return default(ReadOnlyMemory<byte>?);
+            }
+            return new ReadOnlyMemory<byte>(json);
         }
         while (true)
         {
@@ -155,24 +162,24 @@ internal sealed class StatelessHttpUpstream(HttpUpstream http)
         }
     }
 
-    public async Task<StatelessExchange> SendAsync(ReadOnlyMemory<byte> request, IReadOnlyList<KeyValuePair<string, string>> mcpHeaders,
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    public async ValueTask<StatelessExchange> SendAsync(ReadOnlyMemory<byte> request, IReadOnlyList<KeyValuePair<string, string>> mcpHeaders,
         CancellationToken cancellationToken)
     {
         using var message = new HttpRequestMessage(HttpMethod.Post, http.Url) { Content = new ReadOnlyMemoryContent(request) };
-        message.Content.Headers.ContentType = HttpUpstream.JsonContentType();
-        message.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("application/json"));
-        message.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("text/event-stream"));
+        HttpUpstream.SetJsonContentType(message.Content);
+        message.Headers.TryAddWithoutValidation("Accept", "application/json, text/event-stream");
         http.ApplyHeaders(message.Headers);
-        foreach (var (name, value) in mcpHeaders)
+        for (var i = 0; i < mcpHeaders.Count; i++)
         {
-            message.Headers.TryAddWithoutValidation(name, value);
+            message.Headers.TryAddWithoutValidation(mcpHeaders[i].Key, mcpHeaders[i].Value);
         }
-        using var headersTimeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        headersTimeout.CancelAfter(http.Limits.UpstreamTimeout);
+        // Until the response headers are in: the body is read under the caller's token only.
+        using var headersTimeout = http.Timeouts.Rent(http.Limits.UpstreamTimeout, cancellationToken);
         HttpResponseMessage response;
         try
         {
-            response = await http.Client.SendAsync(message, HttpCompletionOption.ResponseHeadersRead, headersTimeout.Token).ConfigureAwait(false);
+            response = await http.Invoker.SendAsync(message, headersTimeout.Token).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is HttpRequestException or IOException || (ex is OperationCanceledException && !cancellationToken.IsCancellationRequested))
         {

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 
 namespace Sidecar.Upstreams;
@@ -142,7 +143,30 @@ public sealed class StreamableHttpUpstreamConnection : IUpstreamConnection
             ? new UpstreamException(failure.Message, failure) { SessionGone = failure.SessionGone }
             : _sink.ClosedException();
 
+    /// <summary>
+    /// One POST, in the background. Kept small (it is the one state machine per POST that can't be pooled, as no
+    /// one awaits it): the exchange itself runs in <see cref="ExchangeAsync"/>, whose state machine is pooled.
+    /// </summary>
     private async Task RunPostAsync(Post post)
+    {
+        try
+        {
+            await ExchangeAsync(post).ConfigureAwait(false);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(post.Buffer);
+            if (post.IsFirstInitialize)
+            {
+                // Whatever happened, the initialize exchange is over: later sends go ahead (with the session if any).
+                Interlocked.CompareExchange(ref _phase, PhaseInitialized, PhaseInitializing);
+                _initialized.TrySetResult();
+            }
+        }
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask ExchangeAsync(Post post)
     {
         var timeoutAfter = _http.Limits.UpstreamTimeout;
         var sessionId = Volatile.Read(ref _sessionId);
@@ -150,16 +174,16 @@ public sealed class StreamableHttpUpstreamConnection : IUpstreamConnection
         {
             using var request = new HttpRequestMessage(HttpMethod.Post, _http.Url);
             request.Content = new ReadOnlyMemoryContent(post.Buffer.AsMemory(0, post.Length));
-            request.Content.Headers.ContentType = HttpUpstream.JsonContentType();
+            HttpUpstream.SetJsonContentType(request.Content);
             request.Headers.TryAddWithoutValidation("Accept", "application/json, text/event-stream");
             AddSessionHeaders(request, sessionId);
 
-            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_sink.Lifetime);
-            timeout.CancelAfter(timeoutAfter);
+            using var timeout = _http.Timeouts.Rent(timeoutAfter, _sink.Lifetime);
             HttpResponseMessage response;
             try
             {
-                response = await _http.Client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, timeout.Token).ConfigureAwait(false);
+                // The invoker returns once the response headers are in (the body is read below, or streamed).
+                response = await _http.Invoker.SendAsync(request, timeout.Token).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (!_sink.Lifetime.IsCancellationRequested)
             {
@@ -206,7 +230,7 @@ public sealed class StreamableHttpUpstreamConnection : IUpstreamConnection
                         await _sink.EmitAsync(new UpstreamEvent(UpstreamEventKind.Message, body, post.Correlation)).ConfigureAwait(false);
                     }
                 }
-                else if (content.Headers.ContentLength is > 0 || content.Headers.ContentType is not null)
+                else if (content.Headers.ContentLength is > 0 || content.Headers.NonValidated.Contains("Content-Type"))
                 {
                     if ((int)response.StatusCode != 202)
                     {
@@ -225,16 +249,6 @@ public sealed class StreamableHttpUpstreamConnection : IUpstreamConnection
             if (!_sink.Lifetime.IsCancellationRequested)
             {
                 await FailSendAsync(post.Correlation, _http.Redact($"upstream '{_http.Name}' response broke: {HttpUpstream.Reason(ex)}")).ConfigureAwait(false);
-            }
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(post.Buffer);
-            if (post.IsFirstInitialize)
-            {
-                // Whatever happened, the initialize exchange is over: later sends go ahead (with the session if any).
-                Interlocked.CompareExchange(ref _phase, PhaseInitialized, PhaseInitializing);
-                _initialized.TrySetResult();
             }
         }
     }
@@ -266,7 +280,7 @@ public sealed class StreamableHttpUpstreamConnection : IUpstreamConnection
 
     private async Task ReadResponseStreamAsync(Post post, HttpContent content)
     {
-        var body = await content.ReadAsStreamAsync(_sink.Lifetime).ConfigureAwait(false);
+        var body = content.ReadAsStream(_sink.Lifetime); // the handler's stream, handed over at once
         var reader = new SseReader(body, _http.Limits.MaxMessageBytes);
         await using (reader.ConfigureAwait(false))
         {

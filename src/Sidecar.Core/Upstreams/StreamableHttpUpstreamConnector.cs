@@ -30,7 +30,7 @@ public sealed class StreamableHttpUpstreamConnector : IUpstreamConnector, IState
 
     public ValueTask<bool> SpeaksStatelessAsync(CancellationToken cancellationToken) => _stateless.SpeaksStatelessAsync(cancellationToken);
 
-    public Task<StatelessExchange> SendStatelessAsync(ReadOnlyMemory<byte> request, IReadOnlyList<KeyValuePair<string, string>> mcpHeaders,
+    public ValueTask<StatelessExchange> SendStatelessAsync(ReadOnlyMemory<byte> request, IReadOnlyList<KeyValuePair<string, string>> mcpHeaders,
         CancellationToken cancellationToken) => _stateless.SendAsync(request, mcpHeaders, cancellationToken);
 
     public string Name => _http.Name;

@@ -1,4 +1,6 @@
 using System.Threading.Channels;
+using System.Threading.Tasks.Sources;
+using Sidecar.Threading;
 
 namespace Sidecar.Upstreams;
 
@@ -18,6 +20,12 @@ namespace Sidecar.Upstreams;
 /// stay readable) and then settles <see cref="Completion"/>: faulted with the given <see cref="UpstreamException"/>,
 /// or successful for a deliberate <see cref="IAsyncDisposable.DisposeAsync"/>.
 /// </para>
+/// <para>
+/// The reader (<see cref="Reader"/>) waits on an <see cref="AsyncSignal"/> that writers wake, not on the channel: the
+/// channel would allocate a wait operation (and a cancellation registration delegate) every time the session's pump
+/// waits with its lifetime token, i.e. for nearly every message. The channel still holds the events and makes full
+/// writers wait.
+/// </para>
 /// </remarks>
 internal sealed class UpstreamEventSink
 {
@@ -32,13 +40,16 @@ internal sealed class UpstreamEventSink
         AllowSynchronousContinuations = false,
     });
 
+    private readonly EventReader _reader;
     private readonly TaskCompletionSource _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly CancellationTokenSource _lifetime = new();
     private readonly Lock _gate = new();
     private UpstreamException? _closeReason;
     private int _closed;
 
-    public ChannelReader<UpstreamEvent> Reader => _events.Reader;
+    public UpstreamEventSink() => _reader = new EventReader(_events.Reader);
+
+    public ChannelReader<UpstreamEvent> Reader => _reader;
 
     public Task Completion => _completion.Task;
 
@@ -52,11 +63,13 @@ internal sealed class UpstreamEventSink
     {
         if (_events.Writer.TryWrite(e))
         {
+            _reader.Wake();
             return true;
         }
         try
         {
             await _events.Writer.WriteAsync(e, _lifetime.Token).ConfigureAwait(false);
+            _reader.Wake();
             return true;
         }
         catch (ChannelClosedException)
@@ -70,7 +83,15 @@ internal sealed class UpstreamEventSink
     }
 
     /// <summary>Writes one event if there is room right now (used while closing, where waiting is not an option).</summary>
-    public bool TryEmit(UpstreamEvent e) => _events.Writer.TryWrite(e);
+    public bool TryEmit(UpstreamEvent e)
+    {
+        if (!_events.Writer.TryWrite(e))
+        {
+            return false;
+        }
+        _reader.Wake();
+        return true;
+    }
 
     /// <summary>
     /// Ends the connection: <paramref name="reason"/> null for a deliberate close (Completion succeeds), otherwise
@@ -96,6 +117,7 @@ internal sealed class UpstreamEventSink
             // A cancellation callback threw; the connection is closing anyway.
         }
         _events.Writer.TryComplete();
+        _reader.Wake();
         if (reason is null)
         {
             _completion.TrySetResult();
@@ -118,5 +140,64 @@ internal sealed class UpstreamEventSink
         return reason is null
             ? new UpstreamException("upstream connection is closed")
             : new UpstreamException(reason.Message, reason) { SessionGone = reason.SessionGone };
+    }
+
+    /// <summary>The channel's reader, with waits that allocate nothing (see the remarks on the class).</summary>
+    private sealed class EventReader(ChannelReader<UpstreamEvent> events) : ChannelReader<UpstreamEvent>, IValueTaskSource<bool>
+    {
+        private static readonly Action<object?> s_cancel = static state => ((EventReader)state!)._signal.Cancel();
+
+        private AsyncSignal _signal;
+
+        public override Task Completion => events.Completion;
+
+        public override bool CanCount => events.CanCount;
+
+        public override bool CanPeek => events.CanPeek;
+
+        public override int Count => events.Count;
+
+        public override bool TryRead(out UpstreamEvent item) => events.TryRead(out item);
+
+        public override bool TryPeek(out UpstreamEvent item) => events.TryPeek(out item);
+
+        /// <summary>True when an event may be read; false once the channel is complete and drained.</summary>
+        public override ValueTask<bool> WaitToReadAsync(CancellationToken cancellationToken = default)
+        {
+            if (events.TryPeek(out _))
+            {
+                return new ValueTask<bool>(true);
+            }
+            if (events.Completion.IsCompleted)
+            {
+                return new ValueTask<bool>(false);
+            }
+            if (cancellationToken.IsCancellationRequested)
+            {
+                return ValueTask.FromCanceled<bool>(cancellationToken);
+            }
+            var version = _signal.Arm(cancellationToken);
+            if (events.TryPeek(out _) || events.Completion.IsCompleted)
+            {
+                if (_signal.Disarm())
+                {
+                    return new ValueTask<bool>(true); // the caller looks again (and gets false once drained)
+                }
+            }
+            else
+            {
+                _signal.RegisterCancellation(cancellationToken, s_cancel, this);
+            }
+            return new ValueTask<bool>(this, version);
+        }
+
+        public void Wake() => _signal.Wake();
+
+        bool IValueTaskSource<bool>.GetResult(short token) => _signal.GetResult(token);
+
+        ValueTaskSourceStatus IValueTaskSource<bool>.GetStatus(short token) => _signal.GetStatus(token);
+
+        void IValueTaskSource<bool>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+            => _signal.OnCompleted(continuation, state, token, flags);
     }
 }

@@ -117,7 +117,7 @@ internal sealed class AgentSession : IAsyncDisposable
         switch (scan.Method)
         {
             case McpMethod.ToolsCall:
-                if (ToolCallPolicy.Decide(_server, message, scan, new CallContext(null, null, Id), rawId, out decision, out tool, out auditId))
+                if (ToolCallPolicy.Decide(_server, message, scan, new CallContext(null, null, Id), new ReadOnlySequence<byte>(rawId), out decision, out tool, out auditId))
                 {
                     sink.TryWrite(JsonRpcResponses.Blocked(rawId, _server.Name, tool!, decision, _server.Options.BlockedCalls == Configuration.BlockedCallStyle.ToolResult), true);
                     return true;

@@ -14,6 +14,7 @@ internal sealed class HttpGuards
     public static readonly string[] SupportedProtocolVersions = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
 
     private readonly HashSet<string> _allowedHosts;
+    private readonly HashSet<string>.AlternateLookup<ReadOnlySpan<char>> _allowedHostSpans;
     private readonly HashSet<string> _allowedOrigins;
     private readonly bool _checkHost;
 
@@ -24,6 +25,7 @@ internal sealed class HttpGuards
         {
             _allowedHosts.Add(host);
         }
+        _allowedHostSpans = _allowedHosts.GetAlternateLookup<ReadOnlySpan<char>>();
         _allowedOrigins = new HashSet<string>(config.AllowedOrigins, StringComparer.OrdinalIgnoreCase);
         // On loopback only loopback names can be legitimate (anything else is DNS rebinding). Elsewhere (a pod IP,
         // a service name) the names aren't known in advance: checked only when allowedHosts lists them.
@@ -36,7 +38,7 @@ internal sealed class HttpGuards
         if (_checkHost)
         {
             var host = request.Host;
-            if (!host.HasValue || !(_allowedHosts.Contains(host.Host) || _allowedHosts.Contains(host.Value!)))
+            if (!host.HasValue || !IsAllowedHost(host))
             {
                 return $"Forbidden: Host \"{host.Value}\" is not allowed";
             }
@@ -51,6 +53,33 @@ internal sealed class HttpGuards
             return $"Forbidden: Origin \"{origin}\" is not allowed";
         }
         return null;
+    }
+
+    /// <summary>
+    /// The host name (without the port) or the whole value is allowed. Names and IPv4 (at most one colon) and bracketed
+    /// IPv6 are split here without allocating; anything else goes through <see cref="HostString.Host"/>.
+    /// </summary>
+    private bool IsAllowedHost(HostString host)
+    {
+        var value = host.Value.AsSpan();
+        if (_allowedHostSpans.Contains(value))
+        {
+            return true;
+        }
+        int end;
+        if (value.StartsWith('['))
+        {
+            end = value.IndexOf(']') + 1;
+        }
+        else
+        {
+            end = value.IndexOf(':');
+            if (end >= 0 && value[(end + 1)..].Contains(':'))
+            {
+                return _allowedHosts.Contains(host.Host); // IPv6 without brackets: HostString brackets it
+            }
+        }
+        return end > 0 && _allowedHostSpans.Contains(value[..end]);
     }
 
     private bool IsAllowedOrigin(string origin)
@@ -74,9 +103,10 @@ internal sealed class HttpGuards
             {
                 continue;
             }
-            foreach (var part in value.Split(','))
+            var text = value.AsSpan();
+            foreach (var range in text.Split(','))
             {
-                var type = part.AsSpan().Trim();
+                var type = text[range].Trim();
                 var semicolon = type.IndexOf(';');
                 if (semicolon >= 0)
                 {
@@ -92,8 +122,13 @@ internal sealed class HttpGuards
     }
 
     public static bool IsJsonContent(HttpRequest request)
-        => MediaTypeHeaderValue.TryParse(request.ContentType, out var contentType)
-           && contentType.MediaType.Equals("application/json", StringComparison.OrdinalIgnoreCase);
+    {
+        var value = request.ContentType;
+        // The usual exact value needs no parsing (and no allocation); anything else is parsed.
+        return string.Equals(value, "application/json", StringComparison.OrdinalIgnoreCase)
+               || (MediaTypeHeaderValue.TryParse(value, out var contentType)
+                   && contentType.MediaType.Equals("application/json", StringComparison.OrdinalIgnoreCase));
+    }
 
     /// <summary>Null when the <c>MCP-Protocol-Version</c> header is absent (2025-03-26 is assumed) or supported.</summary>
     public static string? CheckProtocolVersion(HttpRequest request)

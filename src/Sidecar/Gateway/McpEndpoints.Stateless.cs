@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Runtime.CompilerServices;
 using System.Text;
 using System.Text.Json;
 using Microsoft.AspNetCore.Http;
@@ -32,7 +33,8 @@ internal sealed partial class McpEndpoints
         }
     }
 
-    private async Task HandleStatelessAsync(HttpContext context, ServerRuntime server, IStatelessUpstream upstream,
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask HandleStatelessAsync(HttpContext context, ServerRuntime server, IStatelessUpstream upstream,
         ReadOnlySequence<byte> body, JsonRpcScan scan)
     {
         if (scan.Kind != JsonRpcMessageKind.Request)
@@ -41,16 +43,17 @@ internal sealed partial class McpEndpoints
                 "Invalid Request: a 2026-07-28 POST carries exactly one request").ConfigureAwait(false);
             return;
         }
-        var rawId = body.Slice(scan.Id.Start, scan.Id.Length).ToArray();
-        if (CheckMirroredHeaders(context.Request, body, scan) is { } mismatch)
+        var rawIdToken = body.Slice(scan.Id.Start, scan.Id.Length); // copied only for an answer of the gateway's own
+        var headers = new List<KeyValuePair<string, string>>(4);
+        if ((CollectMcpHeaders(context.Request, headers) ?? CheckMirroredHeaders(context.Request, body, scan)) is { } mismatch)
         {
             logger.LogWarning("Refused a stateless request to {Server}: {Reason}", server.Name, mismatch);
-            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, HeaderMismatch, mismatch, rawId).ConfigureAwait(false);
+            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, HeaderMismatch, mismatch, rawIdToken.ToArray()).ConfigureAwait(false);
             return;
         }
         if (scan.Status == ScanStatus.InvalidParams)
         {
-            await WriteJsonAsync(context, StatusCodes.Status200OK, JsonRpcResponses.Error(rawId, ErrorCodes.InvalidParams, "Invalid params: " + scan.Error)).ConfigureAwait(false);
+            await WriteJsonAsync(context, StatusCodes.Status200OK, JsonRpcResponses.Error(rawIdToken.ToArray(), ErrorCodes.InvalidParams, "Invalid params: " + scan.Error)).ConfigureAwait(false);
             return;
         }
 
@@ -59,25 +62,14 @@ internal sealed partial class McpEndpoints
         long auditId = 0;
         if (scan.Method == McpMethod.ToolsCall)
         {
-            if (ToolCallPolicy.Decide(server, body, scan, default, rawId, out decision, out var tool, out auditId))
+            if (ToolCallPolicy.Decide(server, body, scan, default, rawIdToken, out decision, out var tool, out auditId))
             {
                 // A denial is an answer, not a transport failure: HTTP 200 with the JSON-RPC error.
                 var asResult = server.Options.BlockedCalls == Configuration.BlockedCallStyle.ToolResult;
-                await WriteJsonAsync(context, StatusCodes.Status200OK, JsonRpcResponses.Blocked(rawId, server.Name, tool!, decision, asResult)).ConfigureAwait(false);
+                await WriteJsonAsync(context, StatusCodes.Status200OK, JsonRpcResponses.Blocked(rawIdToken.ToArray(), server.Name, tool!, decision, asResult)).ConfigureAwait(false);
                 return;
             }
             decided = true;
-        }
-
-        var headers = new List<KeyValuePair<string, string>>(4);
-        foreach (var (name, values) in context.Request.Headers)
-        {
-            if (values.Count == 1 && values[0] is { } value
-                && (Array.Exists(s_forwardedHeaders, h => h.Equals(name, StringComparison.OrdinalIgnoreCase))
-                    || name.StartsWith("Mcp-Param-", StringComparison.OrdinalIgnoreCase)))
-            {
-                headers.Add(new(name, value));
-            }
         }
 
         StatelessExchange exchange;
@@ -93,7 +85,7 @@ internal sealed partial class McpEndpoints
                 server.Audit.RecordCompletion(auditId, AuditOutcome.Unavailable, ErrorCodes.UpstreamUnavailable);
             }
             await WriteJsonAsync(context, StatusCodes.Status502BadGateway,
-                JsonRpcResponses.Error(rawId, ErrorCodes.UpstreamUnavailable, $"Upstream server \"{server.Name}\" is unavailable: {ex.Message}")).ConfigureAwait(false);
+                JsonRpcResponses.Error(rawIdToken.ToArray(), ErrorCodes.UpstreamUnavailable, $"Upstream server \"{server.Name}\" is unavailable: {ex.Message}")).ConfigureAwait(false);
             return;
         }
 
@@ -110,7 +102,7 @@ internal sealed partial class McpEndpoints
             {
                 while (await exchange.ReadAsync(context.RequestAborted).ConfigureAwait(false) is { } message)
                 {
-                    var outgoing = ReviewStatelessMessage(server, message, rawId, scan.Method, decided, ref decision, ref auditId);
+                    var outgoing = ReviewStatelessMessage(server, message, rawIdToken, scan.Method, decided, ref decision, ref auditId);
                     if (outgoing is null)
                     {
                         continue;
@@ -142,7 +134,7 @@ internal sealed partial class McpEndpoints
     /// Looks at one message of the upstream's answer: invalid ones are dropped, a <c>tools/list</c> result is
     /// filtered through the policy, a failed <c>tools/call</c> gives its tokens back.
     /// </summary>
-    private ReadOnlyMemory<byte>? ReviewStatelessMessage(ServerRuntime server, ReadOnlyMemory<byte> message, byte[] rawId, McpMethod method,
+    private ReadOnlyMemory<byte>? ReviewStatelessMessage(ServerRuntime server, ReadOnlyMemory<byte> message, ReadOnlySequence<byte> rawIdToken, McpMethod method,
         bool decided, ref Decision decision, ref long auditId)
     {
         if (JsonRpcScanner.Scan(message.Span, out var scan, gateway.Options.Scanner) != ScanStatus.Ok)
@@ -163,53 +155,97 @@ internal sealed partial class McpEndpoints
         {
             try
             {
-                return ToolListFilter.Filter(message, server.Policy, rawId, out _) ?? message;
+                return ToolListFilter.Filter(message, server.Policy, rawIdToken.ToArray(), out _) ?? message;
             }
             catch (JsonException)
             {
-                return JsonRpcResponses.Error(rawId, ErrorCodes.InternalError, "Internal error: the upstream tools/list response could not be checked");
+                return JsonRpcResponses.Error(rawIdToken.ToArray(), ErrorCodes.InternalError, "Internal error: the upstream tools/list response could not be checked");
             }
         }
         return message;
     }
 
     /// <summary>
-    /// The mirrored headers must match the body exactly (after decoding <c>=?base64?…?=</c>): <c>Mcp-Method</c> always,
-    /// <c>Mcp-Name</c> for <c>tools/call</c> and <c>prompts/get</c> (<c>params.name</c>) and <c>resources/read</c>
-    /// (<c>params.uri</c>). Returns why not, or null.
+    /// One pass over the request headers: the <c>Mcp-*</c> headers to pass upstream (<c>MCP-Protocol-Version</c>,
+    /// <c>Mcp-Method</c>, <c>Mcp-Name</c>, <c>Mcp-Param-*</c>) go into <paramref name="forwarded"/>. Returns the
+    /// mismatch when an <c>Mcp-*</c> header is sent more than once, else null.
     /// </summary>
-    internal static string? CheckMirroredHeaders(HttpRequest request, ReadOnlySequence<byte> body, in JsonRpcScan scan)
+    internal static string? CollectMcpHeaders(HttpRequest request, List<KeyValuePair<string, string>> forwarded)
     {
         foreach (var (name, values) in request.Headers)
         {
-            if (values.Count > 1 && name.StartsWith("Mcp-", StringComparison.OrdinalIgnoreCase))
+            if (!name.StartsWith("Mcp-", StringComparison.OrdinalIgnoreCase))
+            {
+                continue;
+            }
+            if (values.Count > 1)
             {
                 return $"Header mismatch: more than one {name} header";
             }
+            if (values.Count == 1 && values[0] is { } value && (IsForwarded(name) || name.StartsWith("Mcp-Param-", StringComparison.OrdinalIgnoreCase)))
+            {
+                forwarded.Add(new(name, value));
+            }
         }
-        var method = UnescapeString(body, scan.MethodName);
-        if (Mirror(request, "Mcp-Method", method ?? "") is { } methodError)
+        return null;
+    }
+
+    private static bool IsForwarded(string name)
+    {
+        foreach (var header in s_forwardedHeaders)
+        {
+            if (header.Equals(name, StringComparison.OrdinalIgnoreCase))
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// The mirrored headers must match the body exactly (after decoding <c>=?base64?…?=</c>): <c>Mcp-Method</c> always,
+    /// <c>Mcp-Name</c> for <c>tools/call</c> and <c>prompts/get</c> (<c>params.name</c>) and <c>resources/read</c>
+    /// (<c>params.uri</c>). Returns why not, or null. (Repeated headers are refused by <see cref="CollectMcpHeaders"/>.)
+    /// Compared with the body's tokens as they are: nothing is allocated unless they differ.
+    /// </summary>
+    internal static string? CheckMirroredHeaders(HttpRequest request, ReadOnlySequence<byte> body, in JsonRpcScan scan)
+    {
+        if (Mirror(request, "Mcp-Method", body, scan.MethodName) is { } methodError)
         {
             return methodError;
         }
         var named = scan.Method switch
         {
-            McpMethod.ToolsCall or McpMethod.PromptsGet => UnescapeString(body, scan.Name),
-            McpMethod.ResourcesRead => UnescapeString(body, scan.Uri),
-            _ => null,
+            McpMethod.ToolsCall or McpMethod.PromptsGet => scan.Name,
+            McpMethod.ResourcesRead => scan.Uri,
+            _ => default,
         };
-        return named is null ? null : Mirror(request, "Mcp-Name", named);
+        return named.IsEmpty ? null : Mirror(request, "Mcp-Name", body, named);
     }
 
-    private static string? Mirror(HttpRequest request, string header, string expected)
+    private static string? Mirror(HttpRequest request, string header, ReadOnlySequence<byte> body, TokenRange token)
     {
         var values = request.Headers[header];
         if (values.Count == 0)
         {
-            return $"Header mismatch: {header} is required and must be \"{expected}\"";
+            return $"Header mismatch: {header} is required and must be \"{UnescapeString(body, token) ?? ""}\"";
         }
         var decoded = DecodeHeaderValue(values[0]!);
-        return decoded == expected ? null : $"Header mismatch: {header} says \"{decoded}\" but the body says \"{expected}\"";
+        return decoded is not null && TokenEquals(body, token, decoded)
+            ? null
+            : $"Header mismatch: {header} says \"{decoded}\" but the body says \"{UnescapeString(body, token) ?? ""}\"";
+    }
+
+    /// <summary>Whether the string token at <paramref name="token"/> unescapes to <paramref name="expected"/> (an absent token reads as "").</summary>
+    private static bool TokenEquals(ReadOnlySequence<byte> body, TokenRange token, string expected)
+    {
+        if (token.IsEmpty)
+        {
+            return expected.Length == 0;
+        }
+        var reader = new Utf8JsonReader(body.Slice(token.Start, token.Length));
+        reader.Read();
+        return reader.ValueTextEquals(expected);
     }
 
     /// <summary>Unsafe values travel as <c>=?base64?…?=</c> (UTF-8).</summary>

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
 using System.Text;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
@@ -20,147 +21,176 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
 
     // ---- Streamable HTTP -------------------------------------------------------------------------------------
 
-    public async Task PostAsync(HttpContext context)
+    /// <summary>
+    /// A Streamable HTTP POST. The checks before the body and the body itself (which came with the headers, usually)
+    /// are taken synchronously; the rest runs as one pooled state machine (<see cref="HandlePostAsync"/>).
+    /// </summary>
+    public Task PostAsync(HttpContext context)
     {
-        var server = await PrepareAsync(context).ConfigureAwait(false);
-        if (server is null)
+        if (FindServer(context, out var refused) is not { } server)
         {
-            return;
+            return WriteErrorAsync(context, refused.Status, ErrorCodes.ServerError, refused.Message);
         }
         var request = context.Request;
         if (!HttpGuards.Accepts(request, "application/json") || !HttpGuards.Accepts(request, "text/event-stream"))
         {
-            await WriteErrorAsync(context, StatusCodes.Status406NotAcceptable, ErrorCodes.ServerError,
-                "Not Acceptable: the client must accept both application/json and text/event-stream").ConfigureAwait(false);
-            return;
+            return WriteErrorAsync(context, StatusCodes.Status406NotAcceptable, ErrorCodes.ServerError,
+                "Not Acceptable: the client must accept both application/json and text/event-stream");
         }
-        if (await ReadJsonBodyAsync(context).ConfigureAwait(false) is not { } body)
+        var read = ReadJsonBodyAsync(context);
+        if (!read.IsCompletedSuccessfully)
         {
-            return;
+            return AsTask(PostAfterReadAsync(context, server, read));
         }
-        try
+        return read.GetAwaiter().GetResult() is { } body ? AsTask(HandlePostAsync(context, server, body)) : Task.CompletedTask;
+    }
+
+    /// <summary>
+    /// The request handlers run as pooled <see cref="ValueTask"/> state machines (no allocation per request once the
+    /// pool is warm); Kestrel wants a <see cref="Task"/>, built here only when the handler did not finish at once.
+    /// </summary>
+    private static Task AsTask(ValueTask task)
+    {
+        if (task.IsCompletedSuccessfully)
+        {
+            task.GetAwaiter().GetResult(); // gives a pooled state machine back
+            return Task.CompletedTask;
+        }
+        return task.AsTask();
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask PostAfterReadAsync(HttpContext context, ServerRuntime server, ValueTask<ReadOnlySequence<byte>?> read)
+    {
+        if (await read.ConfigureAwait(false) is { } body)
         {
             await HandlePostAsync(context, server, body).ConfigureAwait(false);
         }
-        finally
-        {
-            request.BodyReader.AdvanceTo(body.End);
-        }
     }
 
-    private async Task HandlePostAsync(HttpContext context, ServerRuntime server, ReadOnlySequence<byte> body)
+    /// <summary>Handles a POST whose body has been read, and gives the body back to Kestrel whatever happens.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask HandlePostAsync(HttpContext context, ServerRuntime server, ReadOnlySequence<byte> body)
     {
-        var request = context.Request;
-        if (await ScanOrRefuseAsync(context, body).ConfigureAwait(false) is not { } scan)
-        {
-            return;
-        }
-
-        var version = request.Headers["MCP-Protocol-Version"];
-        if (version.Count == 1 && version[0] == "2026-07-28"
-            && server.Connector is Upstreams.IStatelessUpstream stateless
-            && await SpeaksStatelessAsync(stateless, context.RequestAborted).ConfigureAwait(false))
-        {
-            await HandleStatelessAsync(context, server, stateless, body, scan).ConfigureAwait(false);
-            return;
-        }
-        if (version.Count == 1 && version[0] == "2026-07-28")
-        {
-            // The stateless era: this gateway serves upstreams in the session era; say so the way dual-era clients
-            // (the official C# client probes server/discover first) understand at once, and they fall back to initialize.
-            await WriteUnsupportedVersionAsync(context, scan.Kind == JsonRpcMessageKind.Request ? body.Slice(scan.Id.Start, scan.Id.Length).ToArray() : []).ConfigureAwait(false);
-            return;
-        }
-        if (HttpGuards.CheckProtocolVersion(request) is { } versionError)
-        {
-            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.ServerError, versionError).ConfigureAwait(false);
-            return;
-        }
-
-        var sessionIds = request.Headers[SessionHeader];
-        if (sessionIds.Count > 1)
-        {
-            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.ServerError, "Bad Request: more than one Mcp-Session-Id header").ConfigureAwait(false);
-            return;
-        }
-
-        AgentSession? session;
-        var isInitialize = scan.Kind == JsonRpcMessageKind.Request && scan.Method == McpMethod.Initialize;
-        if (isInitialize)
-        {
-            if (sessionIds.Count == 1)
-            {
-                await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.InvalidRequest,
-                    "Invalid Request: initialize starts a new session and must not carry Mcp-Session-Id").ConfigureAwait(false);
-                return;
-            }
-            session = gateway.CreateSession(server, legacy: false);
-            if (session is null)
-            {
-                await WriteErrorAsync(context, StatusCodes.Status503ServiceUnavailable, ErrorCodes.ServerError,
-                    "Service Unavailable: too many sessions").ConfigureAwait(false);
-                return;
-            }
-        }
-        else if (sessionIds.Count == 0)
-        {
-            var message = scan.Kind == JsonRpcMessageKind.Request && scan.Method == McpMethod.ServerDiscover
-                ? "Method not found: server/discover; this server uses initialize (protocol versions " + string.Join(", ", HttpGuards.SupportedProtocolVersions) + ")"
-                : "Bad Request: Mcp-Session-Id header is required (send initialize first)";
-            var code = scan.Method == McpMethod.ServerDiscover ? ErrorCodes.MethodNotFound : ErrorCodes.ServerError;
-            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, code, message,
-                scan.Kind == JsonRpcMessageKind.Request ? body.Slice(scan.Id.Start, scan.Id.Length).ToArray() : null).ConfigureAwait(false);
-            return;
-        }
-        else if (!server.Sessions.TryGetValue(sessionIds[0]!, out session) || session.IsDisposed || session.Legacy)
-        {
-            await WriteErrorAsync(context, StatusCodes.Status404NotFound, ErrorCodes.ServerError, "Not Found: unknown or expired session").ConfigureAwait(false);
-            return;
-        }
-
-        var useSse = HttpGuards.Accepts(request, "text/event-stream") && WantsStream(body, scan);
-        var sink = new MessageSink(acceptsRelatedMessages: useSse);
-        var expected = 0;
-        var isBatch = scan.Kind == JsonRpcMessageKind.Batch;
         try
         {
-            if (isBatch)
+            var request = context.Request;
+            if (!TryScan(body, out var scan, out var refused))
             {
-                foreach (var range in BatchRanges(body))
+                await WriteErrorAsync(context, refused.Status, refused.Code, refused.Message).ConfigureAwait(false);
+                return;
+            }
+
+            var version = request.Headers["MCP-Protocol-Version"];
+            if (version.Count == 1 && version[0] == "2026-07-28"
+                && server.Connector is Upstreams.IStatelessUpstream stateless
+                && await SpeaksStatelessAsync(stateless, context.RequestAborted).ConfigureAwait(false))
+            {
+                await HandleStatelessAsync(context, server, stateless, body, scan).ConfigureAwait(false);
+                return;
+            }
+            if (version.Count == 1 && version[0] == "2026-07-28")
+            {
+                // The stateless era: this gateway serves upstreams in the session era; say so the way dual-era clients
+                // (the official C# client probes server/discover first) understand at once, and they fall back to initialize.
+                await WriteUnsupportedVersionAsync(context, scan.Kind == JsonRpcMessageKind.Request ? body.Slice(scan.Id.Start, scan.Id.Length).ToArray() : []).ConfigureAwait(false);
+                return;
+            }
+            if (HttpGuards.CheckProtocolVersion(request) is { } versionError)
+            {
+                await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.ServerError, versionError).ConfigureAwait(false);
+                return;
+            }
+
+            var sessionIds = request.Headers[SessionHeader];
+            if (sessionIds.Count > 1)
+            {
+                await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.ServerError, "Bad Request: more than one Mcp-Session-Id header").ConfigureAwait(false);
+                return;
+            }
+
+            AgentSession? session;
+            var isInitialize = scan.Kind == JsonRpcMessageKind.Request && scan.Method == McpMethod.Initialize;
+            if (isInitialize)
+            {
+                if (sessionIds.Count == 1)
                 {
-                    var element = body.Slice(range.Start, range.Length);
-                    expected += await ProcessBatchElementAsync(session, element, sink, context.RequestAborted).ConfigureAwait(false) ? 1 : 0;
+                    await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.InvalidRequest,
+                        "Invalid Request: initialize starts a new session and must not carry Mcp-Session-Id").ConfigureAwait(false);
+                    return;
                 }
+                session = gateway.CreateSession(server, legacy: false);
+                if (session is null)
+                {
+                    await WriteErrorAsync(context, StatusCodes.Status503ServiceUnavailable, ErrorCodes.ServerError,
+                        "Service Unavailable: too many sessions").ConfigureAwait(false);
+                    return;
+                }
+            }
+            else if (sessionIds.Count == 0)
+            {
+                var message = scan.Kind == JsonRpcMessageKind.Request && scan.Method == McpMethod.ServerDiscover
+                    ? "Method not found: server/discover; this server uses initialize (protocol versions " + string.Join(", ", HttpGuards.SupportedProtocolVersions) + ")"
+                    : "Bad Request: Mcp-Session-Id header is required (send initialize first)";
+                var code = scan.Method == McpMethod.ServerDiscover ? ErrorCodes.MethodNotFound : ErrorCodes.ServerError;
+                await WriteErrorAsync(context, StatusCodes.Status400BadRequest, code, message,
+                    scan.Kind == JsonRpcMessageKind.Request ? body.Slice(scan.Id.Start, scan.Id.Length).ToArray() : null).ConfigureAwait(false);
+                return;
+            }
+            else if (!server.Sessions.TryGetValue(sessionIds[0]!, out session) || session.IsDisposed || session.Legacy)
+            {
+                await WriteErrorAsync(context, StatusCodes.Status404NotFound, ErrorCodes.ServerError, "Not Found: unknown or expired session").ConfigureAwait(false);
+                return;
+            }
+
+            var useSse = WantsStream(body, scan); // the agent accepts text/event-stream: checked on arrival
+            var sink = new MessageSink(acceptsRelatedMessages: useSse);
+            var expected = 0;
+            var isBatch = scan.Kind == JsonRpcMessageKind.Batch;
+            try
+            {
+                if (isBatch)
+                {
+                    foreach (var range in BatchRanges(body))
+                    {
+                        var element = body.Slice(range.Start, range.Length);
+                        expected += await ProcessBatchElementAsync(session, element, sink, context.RequestAborted).ConfigureAwait(false) ? 1 : 0;
+                    }
+                }
+                else
+                {
+                    expected = await session.ProcessAsync(body, scan, sink, context.RequestAborted).ConfigureAwait(false) ? 1 : 0;
+                }
+            }
+            catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+            {
+                session.Abandon(sink);
+                return;
+            }
+
+            if (expected == 0)
+            {
+                context.Response.StatusCode = StatusCodes.Status202Accepted;
+                return;
+            }
+
+            if (useSse)
+            {
+                await WriteSseResponseAsync(context, session, sink, expected).ConfigureAwait(false);
             }
             else
             {
-                expected = await session.ProcessAsync(body, scan, sink, context.RequestAborted).ConfigureAwait(false) ? 1 : 0;
+                var started = await WriteJsonResponseAsync(context, session, sink, expected, isBatch, isInitialize).ConfigureAwait(false);
+                if (isInitialize && !started)
+                {
+                    // The upstream refused initialize, was unreachable, or never answered: no session to keep.
+                    await session.DisposeAsync().ConfigureAwait(false);
+                }
             }
         }
-        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        finally
         {
-            session.Abandon(sink);
-            return;
-        }
-
-        if (expected == 0)
-        {
-            context.Response.StatusCode = StatusCodes.Status202Accepted;
-            return;
-        }
-
-        if (useSse)
-        {
-            await WriteSseResponseAsync(context, session, sink, expected).ConfigureAwait(false);
-        }
-        else
-        {
-            var started = await WriteJsonResponseAsync(context, session, sink, expected, isBatch, isInitialize).ConfigureAwait(false);
-            if (isInitialize && !started)
-            {
-                // The upstream refused initialize, was unreachable, or never answered: no session to keep.
-                await session.DisposeAsync().ConfigureAwait(false);
-            }
+            context.Request.BodyReader.AdvanceTo(body.End);
         }
     }
 
@@ -221,9 +251,9 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
 
     public async Task GetAsync(HttpContext context)
     {
-        var server = await PrepareAsync(context).ConfigureAwait(false);
-        if (server is null)
+        if (FindServer(context, out var refused) is not { } server)
         {
+            await WriteErrorAsync(context, refused.Status, ErrorCodes.ServerError, refused.Message).ConfigureAwait(false);
             return;
         }
         if (!HttpGuards.Accepts(context.Request, "text/event-stream"))
@@ -256,9 +286,9 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
 
     public async Task DeleteAsync(HttpContext context)
     {
-        var server = await PrepareAsync(context).ConfigureAwait(false);
-        if (server is null)
+        if (FindServer(context, out var refused) is not { } server)
         {
+            await WriteErrorAsync(context, refused.Status, ErrorCodes.ServerError, refused.Message).ConfigureAwait(false);
             return;
         }
         var session = await FindSessionAsync(context, server).ConfigureAwait(false);
@@ -291,9 +321,9 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
 
     public async Task LegacySseAsync(HttpContext context)
     {
-        var server = await PrepareAsync(context).ConfigureAwait(false);
-        if (server is null)
+        if (FindServer(context, out var refused) is not { } server)
         {
+            await WriteErrorAsync(context, refused.Status, ErrorCodes.ServerError, refused.Message).ConfigureAwait(false);
             return;
         }
         var session = gateway.CreateSession(server, legacy: true);
@@ -316,11 +346,14 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
         }
     }
 
-    public async Task LegacyMessageAsync(HttpContext context)
+    public Task LegacyMessageAsync(HttpContext context) => AsTask(LegacyMessageCoreAsync(context));
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask LegacyMessageCoreAsync(HttpContext context)
     {
-        var server = await PrepareAsync(context).ConfigureAwait(false);
-        if (server is null)
+        if (FindServer(context, out var refused) is not { } server)
         {
+            await WriteErrorAsync(context, refused.Status, ErrorCodes.ServerError, refused.Message).ConfigureAwait(false);
             return;
         }
         var id = context.Request.Query["sessionId"];
@@ -335,8 +368,9 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
         }
         try
         {
-            if (await ScanOrRefuseAsync(context, body).ConfigureAwait(false) is not { } scan)
+            if (!TryScan(body, out var scan, out refused))
             {
+                await WriteErrorAsync(context, refused.Status, refused.Code, refused.Message).ConfigureAwait(false);
                 return;
             }
             // Answers go to the session's SSE stream: the POST itself is only acknowledged.
@@ -354,7 +388,7 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
             }
             context.Response.StatusCode = StatusCodes.Status202Accepted;
             context.Response.ContentType = "text/plain";
-            await context.Response.WriteAsync("Accepted").ConfigureAwait(false);
+            context.Response.BodyWriter.Write("Accepted"u8);
         }
         finally
         {
@@ -364,21 +398,21 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
 
     // ---- Shared --------------------------------------------------------------------------------------------------
 
-    /// <summary>Host/Origin checks and server lookup. Writes the error response and returns null when the request can't go on.</summary>
-    private async Task<ServerRuntime?> PrepareAsync(HttpContext context)
+    /// <summary>An answer that ends a request early: HTTP status, JSON-RPC error code and message.</summary>
+    private readonly record struct Refusal(int Status, int Code, string Message);
+
+    /// <summary>Host/Origin checks and server lookup. Null (and why) when the request can't go on.</summary>
+    private ServerRuntime? FindServer(HttpContext context, out Refusal refused)
     {
         if (gateway.Guards.CheckHostAndOrigin(context.Request) is { } forbidden)
         {
             logger.LogWarning("Refused a request from {Remote}: {Reason}", context.Connection.RemoteIpAddress, forbidden);
-            await WriteErrorAsync(context, StatusCodes.Status403Forbidden, ErrorCodes.ServerError, forbidden).ConfigureAwait(false);
+            refused = new Refusal(StatusCodes.Status403Forbidden, ErrorCodes.ServerError, forbidden);
             return null;
         }
         var name = context.Request.RouteValues["name"] as string;
         var server = name is null ? null : gateway.FindServer(name);
-        if (server is null)
-        {
-            await WriteErrorAsync(context, StatusCodes.Status404NotFound, ErrorCodes.ServerError, $"Not Found: no server named \"{name}\"").ConfigureAwait(false);
-        }
+        refused = server is null ? new Refusal(StatusCodes.Status404NotFound, ErrorCodes.ServerError, $"Not Found: no server named \"{name}\"") : default;
         return server;
     }
 
@@ -386,19 +420,26 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
     /// Collects the responses and writes them as one JSON body (an array for a batch). For <c>initialize</c>, the
     /// session id header is sent only when the upstream accepted it; returns whether it did.
     /// </summary>
-    private static async Task<bool> WriteJsonResponseAsync(HttpContext context, AgentSession session, MessageSink sink, int expected, bool isBatch, bool isInitialize)
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private static async ValueTask<bool> WriteJsonResponseAsync(HttpContext context, AgentSession session, MessageSink sink, int expected, bool isBatch, bool isInitialize)
     {
-        var responses = new List<ReadOnlyMemory<byte>>(expected);
+        // One response (the usual case) is kept as is; only a batch needs a list.
+        var first = default(ReadOnlyMemory<byte>);
+        var responses = isBatch ? new List<ReadOnlyMemory<byte>>(expected) : null;
+        var received = 0;
         try
         {
-            await foreach (var message in sink.Reader.ReadAllAsync(context.RequestAborted).ConfigureAwait(false))
+            while (received < expected && await sink.WaitToReadAsync(context.RequestAborted).ConfigureAwait(false))
             {
-                if (message.IsResponse)
+                while (received < expected && sink.TryRead(out var message))
                 {
-                    responses.Add(message.Payload);
-                    if (responses.Count == expected)
+                    if (message.IsResponse)
                     {
-                        break;
+                        if (received++ == 0)
+                        {
+                            first = message.Payload;
+                        }
+                        responses?.Add(message.Payload);
                     }
                 }
             }
@@ -410,7 +451,7 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
         }
 
         var response = context.Response;
-        var initialized = isInitialize && JsonRpcScanner.Scan(responses[0].Span, out var first) == ScanStatus.Ok && first.Kind == JsonRpcMessageKind.Response;
+        var initialized = isInitialize && received > 0 && JsonRpcScanner.Scan(first.Span, out var scan) == ScanStatus.Ok && scan.Kind == JsonRpcMessageKind.Response;
         if (initialized)
         {
             response.Headers[SessionHeader] = session.Id;
@@ -418,27 +459,33 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
         response.StatusCode = StatusCodes.Status200OK;
         response.ContentType = "application/json";
         var writer = response.BodyWriter;
-        if (isBatch)
+        if (responses is null)
+        {
+            writer.Write(first.Span);
+        }
+        else
         {
             writer.Write("["u8);
-        }
-        for (var i = 0; i < responses.Count; i++)
-        {
-            if (i > 0)
+            for (var i = 0; i < responses.Count; i++)
             {
-                writer.Write(","u8);
+                if (i > 0)
+                {
+                    writer.Write(","u8);
+                }
+                writer.Write(responses[i].Span);
             }
-            writer.Write(responses[i].Span);
-        }
-        if (isBatch)
-        {
             writer.Write("]"u8);
         }
         await writer.FlushAsync(context.RequestAborted).ConfigureAwait(false);
         return initialized;
     }
 
-    private static async Task WriteSseResponseAsync(HttpContext context, AgentSession session, MessageSink sink, int expected)
+    /// <summary>
+    /// The SSE answer to one POST: every message for it as it comes (related requests and notifications, then the
+    /// responses), one flush per burst, until the expected responses have been written.
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private static async ValueTask WriteSseResponseAsync(HttpContext context, AgentSession session, MessageSink sink, int expected)
     {
         var response = context.Response;
         response.StatusCode = StatusCodes.Status200OK;
@@ -448,14 +495,17 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
         var received = 0;
         try
         {
-            await foreach (var message in sink.Reader.ReadAllAsync(context.RequestAborted).ConfigureAwait(false))
+            while (received < expected && await sink.WaitToReadAsync(context.RequestAborted).ConfigureAwait(false))
             {
-                SseWriter.WriteEvent(writer, "message"u8, message.Payload.Span);
-                await writer.FlushAsync(context.RequestAborted).ConfigureAwait(false);
-                if (message.IsResponse && ++received == expected)
+                while (received < expected && sink.TryRead(out var message))
                 {
-                    break;
+                    SseWriter.WriteEvent(writer, "message"u8, message.Payload.Span);
+                    if (message.IsResponse)
+                    {
+                        received++;
+                    }
                 }
+                await writer.FlushAsync(context.RequestAborted).ConfigureAwait(false);
             }
         }
         catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
@@ -482,44 +532,56 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
             SseWriter.WriteComment(writer, " stream open"u8);
         }
         var aborted = context.RequestAborted;
+        var keepAlive = CancellationTokenSource.CreateLinkedTokenSource(aborted);
         try
         {
             await writer.FlushAsync(aborted).ConfigureAwait(false);
-            var reader = sink.Reader;
             while (!aborted.IsCancellationRequested)
             {
-                using var keepAlive = CancellationTokenSource.CreateLinkedTokenSource(aborted);
                 keepAlive.CancelAfter(KeepAliveInterval);
                 bool more;
                 try
                 {
-                    more = await reader.WaitToReadAsync(keepAlive.Token).ConfigureAwait(false);
+                    more = await sink.WaitToReadAsync(keepAlive.Token).ConfigureAwait(false);
                 }
                 catch (OperationCanceledException) when (!aborted.IsCancellationRequested)
                 {
                     SseWriter.WriteComment(writer, " keep-alive"u8);
                     await writer.FlushAsync(aborted).ConfigureAwait(false);
+                    keepAlive.Dispose();
+                    keepAlive = CancellationTokenSource.CreateLinkedTokenSource(aborted);
                     continue;
                 }
                 if (!more)
                 {
                     return; // the session ended
                 }
-                while (reader.TryRead(out var message))
+                while (sink.TryRead(out var message))
                 {
                     SseWriter.WriteEvent(writer, "message"u8, message.Payload.Span);
                 }
                 await writer.FlushAsync(aborted).ConfigureAwait(false);
+                if (!keepAlive.TryReset())
+                {
+                    // The keep-alive fired just as messages came: start a fresh one.
+                    keepAlive.Dispose();
+                    keepAlive = CancellationTokenSource.CreateLinkedTokenSource(aborted);
+                }
             }
         }
         catch (OperationCanceledException) when (aborted.IsCancellationRequested)
         {
             // The agent went away.
         }
+        finally
+        {
+            keepAlive.Dispose();
+        }
     }
 
     /// <summary>Checks the media type and reads the whole body. Null when an error response was written instead.</summary>
-    private async Task<ReadOnlySequence<byte>?> ReadJsonBodyAsync(HttpContext context)
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<ReadOnlySequence<byte>?> ReadJsonBodyAsync(HttpContext context)
     {
         if (!HttpGuards.IsJsonContent(context.Request))
         {
@@ -537,32 +599,64 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
     }
 
     /// <summary>
-    /// Scans a body and answers what must go no further: anything the scanner rejects (a request with invalid
-    /// params is answered in its session, with its id) and a <c>tools/call</c> sent as a notification.
+    /// Scans a body and refuses what must go no further: anything the scanner rejects (a request with invalid params
+    /// is answered in its session, with its id) and a <c>tools/call</c> sent as a notification.
     /// </summary>
-    private async Task<JsonRpcScan?> ScanOrRefuseAsync(HttpContext context, ReadOnlySequence<byte> body)
+    private bool TryScan(ReadOnlySequence<byte> body, out JsonRpcScan scan, out Refusal refused)
     {
-        var status = JsonRpcScanner.Scan(body, out var scan, gateway.Options.Scanner);
+        var status = JsonRpcScanner.Scan(body, out scan, gateway.Options.Scanner);
         if (status != ScanStatus.Ok && !(status == ScanStatus.InvalidParams && scan.Kind == JsonRpcMessageKind.Request))
         {
-            await WriteScanErrorAsync(context, scan).ConfigureAwait(false);
-            return null;
+            refused = new Refusal(scan.Status == ScanStatus.TooLarge ? StatusCodes.Status413PayloadTooLarge : StatusCodes.Status400BadRequest,
+                ScanErrorCode(scan.Status), ScanErrorMessage(scan));
+            return false;
         }
         if (scan.Kind == JsonRpcMessageKind.Notification && scan.Method == McpMethod.ToolsCall)
         {
-            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.InvalidRequest,
-                "Invalid Request: tools/call must be a request with an id, not a notification").ConfigureAwait(false);
-            return null;
+            refused = new Refusal(StatusCodes.Status400BadRequest, ErrorCodes.InvalidRequest,
+                "Invalid Request: tools/call must be a request with an id, not a notification");
+            return false;
         }
-        return scan;
+        refused = default;
+        return true;
     }
 
     private readonly record struct Body(ReadOnlySequence<byte> Buffer, int Status, string? Error);
 
-    /// <summary>Reads a whole request body without copying it, refusing anything over the size limit.</summary>
-    private static async ValueTask<Body> ReadBodyAsync(HttpContext context, int maxBytes)
+    /// <summary>
+    /// Reads a whole request body without copying it, refusing anything over the size limit. A body that has already
+    /// arrived (the usual case: it came with the headers) is taken without waiting.
+    /// </summary>
+    private static ValueTask<Body> ReadBodyAsync(HttpContext context, int maxBytes)
     {
         var reader = context.Request.BodyReader;
+        try
+        {
+            if (reader.TryRead(out var result))
+            {
+                var buffer = result.Buffer;
+                if (buffer.Length > maxBytes)
+                {
+                    reader.AdvanceTo(buffer.End);
+                    return new ValueTask<Body>(TooLarge(maxBytes));
+                }
+                if (result.IsCompleted)
+                {
+                    return new ValueTask<Body>(new Body(buffer, 0, null));
+                }
+                reader.AdvanceTo(buffer.Start, buffer.End);
+            }
+        }
+        catch (BadHttpRequestException ex)
+        {
+            return new ValueTask<Body>(BadRequest(ex, maxBytes));
+        }
+        return ReadBodySlowAsync(context, reader, maxBytes);
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private static async ValueTask<Body> ReadBodySlowAsync(HttpContext context, PipeReader reader, int maxBytes)
+    {
         try
         {
             while (true)
@@ -572,7 +666,7 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
                 if (buffer.Length > maxBytes)
                 {
                     reader.AdvanceTo(buffer.End);
-                    return new Body(default, StatusCodes.Status413PayloadTooLarge, $"Payload Too Large: messages are limited to {maxBytes} bytes");
+                    return TooLarge(maxBytes);
                 }
                 if (result.IsCompleted)
                 {
@@ -583,17 +677,15 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
         }
         catch (BadHttpRequestException ex)
         {
-            return new Body(default, ex.StatusCode, ex.StatusCode == StatusCodes.Status413PayloadTooLarge
-                ? $"Payload Too Large: messages are limited to {maxBytes} bytes"
-                : "Bad Request: " + ex.Message);
+            return BadRequest(ex, maxBytes);
         }
     }
 
-    private static Task WriteScanErrorAsync(HttpContext context, in JsonRpcScan scan)
-    {
-        var status = scan.Status == ScanStatus.TooLarge ? StatusCodes.Status413PayloadTooLarge : StatusCodes.Status400BadRequest;
-        return WriteErrorAsync(context, status, ScanErrorCode(scan.Status), ScanErrorMessage(scan));
-    }
+    private static Body TooLarge(int maxBytes) =>
+        new(default, StatusCodes.Status413PayloadTooLarge, $"Payload Too Large: messages are limited to {maxBytes} bytes");
+
+    private static Body BadRequest(BadHttpRequestException ex, int maxBytes) =>
+        ex.StatusCode == StatusCodes.Status413PayloadTooLarge ? TooLarge(maxBytes) : new(default, ex.StatusCode, "Bad Request: " + ex.Message);
 
     private static int ScanErrorCode(ScanStatus status) => status switch
     {

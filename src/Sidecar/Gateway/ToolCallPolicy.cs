@@ -17,7 +17,7 @@ internal static class ToolCallPolicy
     /// ends. Allocation-free for an allowed call.
     /// </summary>
     public static bool Decide(ServerRuntime server, ReadOnlySequence<byte> message, in JsonRpcScan scan, in CallContext context,
-        ReadOnlySpan<byte> rawId, out Decision decision, out string? tool, out long auditId)
+        in ReadOnlySequence<byte> rawId, out Decision decision, out string? tool, out long auditId)
     {
         Span<char> stackName = stackalloc char[128];
         var name = stackName;
@@ -35,7 +35,9 @@ internal static class ToolCallPolicy
         var arguments = scan.Arguments.IsEmpty ? default : message.Slice(scan.Arguments.Start, scan.Arguments.Length);
         var reader = scan.Arguments.IsEmpty ? new Utf8JsonReader(DecisionEngine.NoArguments) : new Utf8JsonReader(arguments);
         server.Engine.Decide(policy, context, name, reader, approved: false, out decision);
-        auditId = server.Audit.RecordDecision(server.Name, context, name, rawId, arguments, decision, forwarded: !decision.Blocks);
+        // An id split across body segments is rare (ids are short): only then is it copied.
+        var id = rawId.IsSingleSegment ? rawId.FirstSpan : rawId.ToArray();
+        auditId = server.Audit.RecordDecision(server.Name, context, name, id, arguments, decision, forwarded: !decision.Blocks);
         if (decision.IsAllowed)
         {
             tool = null;

@@ -21,3 +21,23 @@ public sealed class BenchConfig : ManualConfig
         AddDiagnoser(MemoryDiagnoser.Default);
     }
 }
+
+/// <summary>
+/// The end-to-end job: like <see cref="BenchConfig"/>, but with a fixed 2,048 calls per iteration (a round trip takes
+/// ~100–300 µs here, so 0.2–0.6 s per iteration) instead of BenchmarkDotNet's pilot stage, whose estimate a busy
+/// shared machine throws off.
+/// </summary>
+public sealed class EndToEndConfig : ManualConfig
+{
+    public EndToEndConfig()
+    {
+        AddJob(Job.Default
+            .WithLaunchCount(1)
+            .WithWarmupCount(3)
+            .WithIterationCount(8)
+            .WithInvocationCount(2048)
+            .WithUnrollFactor(1)
+            .WithId("E2E"));
+        AddDiagnoser(MemoryDiagnoser.Default);
+    }
+}

@@ -53,7 +53,7 @@ public enum E2ETarget
 /// to run on a quiet machine.</para>
 /// </remarks>
 [MemoryDiagnoser]
-[Config(typeof(BenchConfig))]
+[Config(typeof(EndToEndConfig))]
 public class EndToEndBenchmarks
 {
     private EchoUpstream? _echo;

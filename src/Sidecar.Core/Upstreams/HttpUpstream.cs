@@ -27,6 +27,7 @@ internal sealed class HttpUpstream : IDisposable
         Logger = logger;
         Url = server.Url;
         SafeUrl = Describe(server.Url);
+        SseReaders = new SseReaderPool(limits.MaxMessageBytes);
 
         var headers = new List<KeyValuePair<string, string>>();
         var secrets = new List<string>();
@@ -89,6 +90,9 @@ internal sealed class HttpUpstream : IDisposable
 
     /// <summary>Reusable per-request timeouts (see <see cref="RequestTimeouts"/>).</summary>
     public RequestTimeouts Timeouts { get; } = new();
+
+    /// <summary>Parsers for the SSE answers to POSTs, reused (see <see cref="SseReaderPool"/>).</summary>
+    public SseReaderPool SseReaders { get; }
 
     public Uri Url { get; }
 

@@ -43,7 +43,7 @@ internal sealed class SseReader : IAsyncDisposable
     /// <summary>Never read into less free space than this.</summary>
     private const int MinimumReadSize = 4096;
 
-    private readonly Stream _stream;
+    private Stream _stream;
     private byte[] _buffer;
     private int _start;      // unparsed bytes are _buffer[_start.._end]
     private int _end;
@@ -67,6 +67,30 @@ internal sealed class SseReader : IAsyncDisposable
         _buffer = ArrayPool<byte>.Shared.Rent(InitialBufferSize);
         _maxEventBytes = maxEventBytes;
         _maxLineBytes = maxEventBytes + 16; // "data: " and friends
+    }
+
+    /// <summary>
+    /// Makes a released reader (<see cref="Release"/>) ready for another stream, with nothing of the last one left:
+    /// for <see cref="SseReaderPool"/>.
+    /// </summary>
+    internal void Reset(Stream stream)
+    {
+        _stream = stream;
+        if (_buffer.Length == 0)
+        {
+            _buffer = ArrayPool<byte>.Shared.Rent(InitialBufferSize);
+        }
+        _start = _end = 0;
+        _streamEnded = false;
+        _dataLength = 0;
+        _dataTooLarge = false;
+        _type = null;
+        _idLength = -1;
+        _idString = null;
+        _skippingLine = false;
+        _pendingCr = false;
+        _bomChecked = false;
+        RetryMilliseconds = null;
     }
 
     /// <summary>The last event ID the stream set (for <c>Last-Event-ID</c> on reconnection), or null.</summary>
@@ -364,13 +388,55 @@ internal sealed class SseReader : IAsyncDisposable
 
     public ValueTask DisposeAsync()
     {
+        Release();
+        return default;
+    }
+
+    /// <summary>Gives the buffers back and lets go of the stream (which the reader never owned).</summary>
+    internal void Release()
+    {
         ReturnData();
         if (_buffer.Length > 0)
         {
             ArrayPool<byte>.Shared.Return(_buffer);
             _buffer = [];
-            _start = _end = 0;
         }
-        return default;
+        _start = _end = 0;
+        _stream = Stream.Null;
+    }
+}
+
+/// <summary>
+/// Readers for short streams (the SSE answer to one POST), reused instead of allocated per answer. Lock-free; keeps at
+/// most <see cref="MaxIdle"/> idle readers, which hold no buffers (they are given back when a reader is returned).
+/// </summary>
+internal sealed class SseReaderPool(int maxEventBytes)
+{
+    public const int MaxIdle = 64;
+
+    private readonly System.Collections.Concurrent.ConcurrentQueue<SseReader> _idle = new();
+    private int _idleCount;
+
+    public SseReader Rent(Stream stream)
+    {
+        if (_idle.TryDequeue(out var reader))
+        {
+            Interlocked.Decrement(ref _idleCount);
+            reader.Reset(stream);
+            return reader;
+        }
+        return new SseReader(stream, maxEventBytes);
+    }
+
+    /// <summary>Gives the reader's buffers back and keeps it for another stream. The caller must not use it again.</summary>
+    public void Return(SseReader reader)
+    {
+        reader.Release();
+        if (Interlocked.Increment(ref _idleCount) <= MaxIdle)
+        {
+            _idle.Enqueue(reader);
+            return;
+        }
+        Interlocked.Decrement(ref _idleCount);
     }
 }

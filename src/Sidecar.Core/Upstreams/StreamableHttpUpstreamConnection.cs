@@ -278,11 +278,12 @@ public sealed class StreamableHttpUpstreamConnection : IUpstreamConnection
         }
     }
 
-    private async Task ReadResponseStreamAsync(Post post, HttpContent content)
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask ReadResponseStreamAsync(Post post, HttpContent content)
     {
         var body = content.ReadAsStream(_sink.Lifetime); // the handler's stream, handed over at once
-        var reader = new SseReader(body, _http.Limits.MaxMessageBytes);
-        await using (reader.ConfigureAwait(false))
+        var reader = _http.SseReaders.Rent(body);
+        try
         {
             while (true)
             {
@@ -310,6 +311,10 @@ public sealed class StreamableHttpUpstreamConnection : IUpstreamConnection
                         break;
                 }
             }
+        }
+        finally
+        {
+            _http.SseReaders.Return(reader);
         }
     }
 

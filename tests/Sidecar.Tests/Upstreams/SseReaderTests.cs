@@ -94,4 +94,28 @@ public class SseReaderTests
         Assert.Empty(await ReadAll("\uFEFF", 1));
         Assert.Empty(await ReadAll(": only a comment\n\n", 1));
     }
+
+    [Fact]
+    public async Task A_pooled_reader_keeps_nothing_of_its_last_stream()
+    {
+        var pool = new SseReaderPool(1000);
+        // A stream that ends mid-event, mid-line, after a CR, with an id, a retry, an event type and an over-long line.
+        var messy = $"id: old\nretry: 99\nevent: endpoint\ndata: {new string('q', 2000)}\ndata: half\r";
+        var first = pool.Rent(new ChunkedStream(Encoding.UTF8.GetBytes(messy), 7));
+        for (var i = 0; i < 100 && (await first.ReadAsync(CancellationToken.None)).Kind != SseReadKind.End; i++)
+        {
+        }
+        pool.Return(first);
+
+        var second = pool.Rent(new ChunkedStream("\ndata: fresh\n\n"u8.ToArray(), 3));
+        Assert.Same(first, second);
+        Assert.Null(second.LastEventId);
+        Assert.Null(second.RetryMilliseconds);
+        var e = await second.ReadAsync(CancellationToken.None);
+        Assert.Equal(SseReadKind.Event, e.Kind);
+        Assert.Null(e.Type);
+        Assert.Equal("fresh", Encoding.UTF8.GetString(e.Data!));
+        Assert.Equal(SseReadKind.End, (await second.ReadAsync(CancellationToken.None)).Kind);
+        pool.Return(second);
+    }
 }

@@ -88,6 +88,33 @@ public sealed class DecisionEngine(RateLimitStore store)
         Set(ref decision, DecisionOutcome.Allow, rule.Id, rule.Reason);
     }
 
+    /// <summary>
+    /// The tokens a decision took, for a caller that keeps them beyond the decision (a forwarded call that may fail
+    /// upstream): an array of exactly the charges taken, or null when it took none.
+    /// </summary>
+    internal static Charge[]? CopyCharges(in Decision decision)
+    {
+        if (decision.ChargeCount == 0)
+        {
+            return null;
+        }
+        var charges = new Charge[decision.ChargeCount];
+        for (var i = 0; i < charges.Length; i++)
+        {
+            charges[i] = decision.Charges[i];
+        }
+        return charges;
+    }
+
+    /// <summary>Gives back the tokens of <see cref="CopyCharges"/>.</summary>
+    internal void Refund(ReadOnlySpan<Charge> charges)
+    {
+        foreach (ref readonly var charge in charges)
+        {
+            Store.Refund(charge.Bucket, charge.Counter.Max, charge.Counter.WindowSeconds, charge.Cost);
+        }
+    }
+
     /// <summary>Gives back every token a decision took: call it when an allowed call fails upstream. Idempotent.</summary>
     public void Refund(ref Decision decision)
     {

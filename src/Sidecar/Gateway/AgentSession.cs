@@ -137,7 +137,7 @@ internal sealed class AgentSession : IAsyncDisposable
             FilterToolList = scan.Method == McpMethod.ToolsList,
             Tool = tool,
             HasDecision = hasDecision,
-            Decision = decision,
+            Charges = hasDecision ? DecisionEngine.CopyCharges(decision) : null,
             AuditId = auditId,
             Deadline = Deadline(),
         };
@@ -360,7 +360,7 @@ internal sealed class AgentSession : IAsyncDisposable
             var outcome = AuditResponses.Classify(payload.Span, scan.Kind, out var errorCode);
             if (scan.Kind == JsonRpcMessageKind.ErrorResponse)
             {
-                _server.Engine.Refund(ref pending.Decision);
+                Refund(pending);
             }
             _server.Audit.RecordCompletion(pending.AuditId, outcome, errorCode);
         }
@@ -546,12 +546,20 @@ internal sealed class AgentSession : IAsyncDisposable
         pending.Sink.TryWrite(JsonRpcResponses.Error(pending.RawId, code, message), true);
     }
 
+    private void Refund(PendingRequest pending)
+    {
+        if (pending.TakeCharges() is { } charges)
+        {
+            _server.Engine.Refund(charges);
+        }
+    }
+
     /// <summary>A forwarded call that will get no upstream answer: its tokens go back and the audit trail learns how it ended.</summary>
     private void Settle(PendingRequest pending, AuditOutcome outcome, int code)
     {
         if (pending.HasDecision)
         {
-            _server.Engine.Refund(ref pending.Decision);
+            Refund(pending);
             _server.Audit.RecordCompletion(pending.AuditId, outcome, code);
         }
     }

@@ -20,10 +20,19 @@ internal sealed class PendingRequest(RpcId key, byte[] rawId, MessageSink sink, 
     /// <summary>The tool name of a <c>tools/call</c>, for errors and logs.</summary>
     public string? Tool { get; init; }
 
-    /// <summary>The decision that let a <c>tools/call</c> through: its tokens go back if the call fails upstream.</summary>
-    public Decision Decision;
+    private Charge[]? _charges;
 
+    /// <summary>The request is a <c>tools/call</c> the policy let through.</summary>
     public bool HasDecision { get; init; }
+
+    /// <summary>The tokens the decision took (null: none): they go back if the call fails upstream.</summary>
+    public Charge[]? Charges
+    {
+        init => _charges = value;
+    }
+
+    /// <summary>Takes the charges for a refund; only the first caller gets them.</summary>
+    public Charge[]? TakeCharges() => Interlocked.Exchange(ref _charges, null);
 
     /// <summary>The audit record of the decision, completed when the call ends (0: none).</summary>
     public long AuditId { get; init; }

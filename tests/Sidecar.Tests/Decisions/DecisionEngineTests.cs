@@ -249,6 +249,23 @@ public class DecisionEngineTests
     }
 
     [Fact]
+    public void Copied_charges_refund_exactly_the_tokens_taken()
+    {
+        var policy = Policies.Compile("""
+            { "version": "1",
+              "all_tools": { "limits": [ { "counter": "all", "window": "hour", "max": 1 } ] },
+              "tools": { "a": { "limits": [ { "counter": "a", "window": "hour", "max": 1 } ] }, "free": {} } }
+            """);
+        Assert.Null(DecisionEngine.CopyCharges(Decide(Policies.Compile("""{ "version": "1", "tools": { "free": {} } }"""), "free")));
+        var charges = DecisionEngine.CopyCharges(Decide(policy, "a"));
+        Assert.Equal(2, charges!.Length);
+        Assert.Equal(DecisionOutcome.RateLimited, Decide(policy, "a").Outcome);
+        _engine.Refund(charges);
+        Assert.Equal(DecisionOutcome.Allow, Decide(policy, "a").Outcome);
+        Assert.Equal(DecisionOutcome.RateLimited, Decide(policy, "a").Outcome);
+    }
+
+    [Fact]
     public void Shadow_mode_decides_but_does_not_block()
     {
         var policy = Policies.Compile("""{ "version": "1", "mode": "shadow", "tools": { "x": { "action": "deny", "reason": "no" } } }""");

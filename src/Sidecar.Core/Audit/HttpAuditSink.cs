@@ -70,7 +70,7 @@ public sealed class HttpAuditSink : IAuditSink
     private readonly AuditSpool _spool;
     private readonly HttpClient _client;
     private readonly KeyValuePair<string, string>[] _headers;
-    private readonly string[] _secrets;
+    private readonly SecretMask _secrets = new();
     private readonly string _safeUrl;
     private readonly Lock _gate = new();
     private readonly SemaphoreSlim _wake = new(0);
@@ -117,7 +117,7 @@ public sealed class HttpAuditSink : IAuditSink
         _config = config;
         _logger = logger;
         _safeUrl = HttpUpstream.Describe(config.Url);
-        (_headers, _secrets) = PrepareHeaders(config.Headers, config.Url, logger);
+        _headers = PrepareHeaders(config.Headers, config.Url, _secrets, logger);
 
         _spool = new AuditSpool(config.SpoolDirectory);
         foreach (var entry in _spool.Recovered)
@@ -645,30 +645,17 @@ public sealed class HttpAuditSink : IAuditSink
         }
     }
 
-    private string Redact(string text)
-    {
-        foreach (var secret in _secrets)
-        {
-            text = text.Replace(secret, "***", StringComparison.Ordinal);
-        }
-        return text;
-    }
+    private string Redact(string text) => _secrets.Redact(text);
 
     /// <summary>
     /// Keeps the usable configured headers, and lists what to mask in error texts: header values (and a scheme's
     /// token on its own), and the URL's user info and query, which can hold credentials too.
     /// </summary>
-    private static (KeyValuePair<string, string>[] Headers, string[] Secrets) PrepareHeaders(IReadOnlyDictionary<string, string> configured, Uri url, ILogger logger)
+    private static KeyValuePair<string, string>[] PrepareHeaders(IReadOnlyDictionary<string, string> configured, Uri url, SecretMask secrets, ILogger logger)
     {
         var headers = new List<KeyValuePair<string, string>>();
-        var secrets = new List<string>();
-        foreach (var part in new[] { url.UserInfo, url.Query.TrimStart('?') })
-        {
-            if (part.Length >= 4)
-            {
-                secrets.Add(part);
-            }
-        }
+        secrets.Add(url.UserInfo);
+        secrets.Add(url.Query.TrimStart('?'));
         using var probe = new HttpRequestMessage();
         foreach (var (name, value) in configured)
         {
@@ -680,19 +667,9 @@ public sealed class HttpAuditSink : IAuditSink
                 continue;
             }
             headers.Add(new(name, value));
-            if (value.Length >= 4)
-            {
-                secrets.Add(value);
-                // "Bearer abc" also hides "abc" on its own.
-                var space = value.IndexOf(' ', StringComparison.Ordinal);
-                if (space > 0 && value.Length - space - 1 >= 4)
-                {
-                    secrets.Add(value[(space + 1)..]);
-                }
-            }
+            secrets.AddHeaderValue(value);
         }
-        secrets.Sort((a, b) => b.Length.CompareTo(a.Length)); // longest first, so a prefix never leaves a tail
-        return ([.. headers], [.. secrets]);
+        return [.. headers];
     }
 
     /// <summary>A batch held in memory: its own copy of the lines, and its place in the order.</summary>

@@ -17,7 +17,7 @@ internal sealed class HttpUpstream : IDisposable
     ];
 
     private readonly KeyValuePair<string, string>[] _headers;
-    private readonly string[] _secrets;
+    private readonly SecretMask _secrets = new();
 
     public HttpUpstream(ServerConfig server, GatewayLimits limits, ILogger logger)
     {
@@ -30,7 +30,6 @@ internal sealed class HttpUpstream : IDisposable
         SseReaders = new SseReaderPool(limits.MaxMessageBytes);
 
         var headers = new List<KeyValuePair<string, string>>();
-        var secrets = new List<string>();
         foreach (var (name, value) in server.Headers)
         {
             if (Array.Exists(s_reserved, r => string.Equals(r, name, StringComparison.OrdinalIgnoreCase)))
@@ -39,20 +38,9 @@ internal sealed class HttpUpstream : IDisposable
                 continue;
             }
             headers.Add(new(name, value));
-            if (value.Length >= 4)
-            {
-                secrets.Add(value);
-                // "Bearer abc" also hides "abc" on its own.
-                var space = value.IndexOf(' ', StringComparison.Ordinal);
-                if (space > 0 && value.Length - space - 1 >= 4)
-                {
-                    secrets.Add(value[(space + 1)..]);
-                }
-            }
+            _secrets.AddHeaderValue(value);
         }
         _headers = [.. headers];
-        secrets.Sort((a, b) => b.Length.CompareTo(a.Length)); // longest first, so a prefix never leaves a tail
-        _secrets = [.. secrets];
 
         // One handler per connector: pooled keep-alive connections shared by every session of this upstream.
         // No proxy (the upstream is next door), no redirects (they could carry credentials elsewhere), no cookies
@@ -109,14 +97,7 @@ internal sealed class HttpUpstream : IDisposable
     }
 
     /// <summary>Removes every configured header value from a text (exception messages may quote what was sent).</summary>
-    public string Redact(string text)
-    {
-        foreach (var secret in _secrets)
-        {
-            text = text.Replace(secret, "***", StringComparison.Ordinal);
-        }
-        return text;
-    }
+    public string Redact(string text) => _secrets.Redact(text);
 
     /// <summary>"cannot reach upstream NAME at URL: why", redacted.</summary>
     public string Unreachable(Exception ex) => Redact($"cannot reach upstream '{Name}' at {SafeUrl}: {Reason(ex)}");

@@ -1,3 +1,4 @@
+using System.Text.Json;
 using System.Security.Cryptography;
 
 namespace Sidecar.Audit;
@@ -56,6 +57,25 @@ public sealed class AuditChain
         line[at++] = (byte)'}';
         line[at++] = (byte)'\n';
         return at;
+    }
+
+    /// <summary>
+    /// Reads an event's <c>seq</c>, which the writer always puts first. <paramref name="json"/> may be only the start
+    /// of a line.
+    /// </summary>
+    public static bool TryReadSequence(ReadOnlySpan<byte> json, out long sequence)
+    {
+        sequence = 0;
+        var reader = new Utf8JsonReader(json, isFinalBlock: false, state: default);
+        try
+        {
+            return reader.Read() && reader.TokenType == JsonTokenType.StartObject && reader.Read()
+                && reader.ValueTextEquals("seq"u8) && reader.Read() && reader.TryGetInt64(out sequence);
+        }
+        catch (JsonException)
+        {
+            return false;
+        }
     }
 
     /// <summary>

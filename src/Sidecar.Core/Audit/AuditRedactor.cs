@@ -218,17 +218,6 @@ public sealed class AuditRedactor
                         awaitingValue = false;
                         break;
                     case JsonTokenType.Number:
-                        if (redactNext)
-                        {
-                            writer.WriteStringValue(Redacted);
-                        }
-                        else
-                        {
-                            writer.WriteRawValue(reader.ValueSpan, skipInputValidation: true);
-                        }
-                        redactNext = false;
-                        awaitingValue = false;
-                        break;
                     case JsonTokenType.True:
                     case JsonTokenType.False:
                     case JsonTokenType.Null:

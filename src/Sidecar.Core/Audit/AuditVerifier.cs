@@ -193,18 +193,7 @@ public static class AuditVerifier
     {
         foreach (var line in ReadLines(file))
         {
-            var reader = new Utf8JsonReader(line);
-            try
-            {
-                if (reader.Read() && reader.Read() && reader.ValueTextEquals("seq"u8) && reader.Read() && reader.TryGetInt64(out var sequence))
-                {
-                    return sequence;
-                }
-            }
-            catch (JsonException)
-            {
-            }
-            return long.MaxValue;
+            return AuditChain.TryReadSequence(line, out var sequence) ? sequence : long.MaxValue;
         }
         return long.MaxValue;
     }

@@ -1,4 +1,3 @@
-using System.Text.Json;
 using Microsoft.Extensions.Logging;
 using Sidecar.Configuration;
 
@@ -210,20 +209,10 @@ public sealed class FileAuditSink : IAuditSink
 
     private static bool TryReadFirstSequence(FileStream stream, out long sequence)
     {
-        sequence = 0;
         stream.Position = 0;
         var head = new byte[Math.Min(stream.Length, 256)];
         stream.ReadExactly(head);
-        var reader = new Utf8JsonReader(head, isFinalBlock: false, state: default);
-        try
-        {
-            return reader.Read() && reader.TokenType == JsonTokenType.StartObject && reader.Read()
-                && reader.ValueTextEquals("seq"u8) && reader.Read() && reader.TryGetInt64(out sequence);
-        }
-        catch (JsonException)
-        {
-            return false;
-        }
+        return AuditChain.TryReadSequence(head, out sequence);
     }
 
     /// <summary>Reads <c>seq</c> and the chain hash of one line.</summary>
@@ -236,16 +225,7 @@ public sealed class FileAuditSink : IAuditSink
         {
             return false;
         }
-        var reader = new Utf8JsonReader(line);
-        try
-        {
-            return reader.Read() && reader.TokenType == JsonTokenType.StartObject && reader.Read()
-                && reader.ValueTextEquals("seq"u8) && reader.Read() && reader.TryGetInt64(out sequence);
-        }
-        catch (JsonException)
-        {
-            return false;
-        }
+        return AuditChain.TryReadSequence(line, out sequence);
     }
 }
 

@@ -60,21 +60,8 @@ internal static class AuditConfigReader
         }
         if (members.Take("redactKeys") is { } redactNode)
         {
-            var keys = new List<string>();
-            if (redactNode is ConfigArray array)
-            {
-                foreach (var item in array.Items)
-                {
-                    if (PolicyConfigReader.ReadString(item, diagnostics) is { Length: > 0 } key)
-                    {
-                        keys.Add(key);
-                    }
-                }
-            }
-            else
-            {
-                diagnostics.Add(redactNode, $"\"redactKeys\" must be an array of key names, not {redactNode.KindName}");
-            }
+            var keys = SidecarConfigReader.ReadStringList(redactNode, diagnostics);
+            keys.RemoveAll(string.IsNullOrEmpty);
             audit = audit with { RedactKeys = keys };
         }
         if (members.Take("hmacKey") is { } keyNode && PolicyConfigReader.ReadString(keyNode, diagnostics) is { } keyText)
@@ -99,13 +86,13 @@ internal static class AuditConfigReader
             case ConfigScalar { Kind: ConfigNodeKind.False }:
                 return null;
             case ConfigScalar { IsString: true, Text: { Length: > 0 } path }:
-                return new AuditFileConfig(Resolve(baseDirectory, path), AuditFileConfig.DefaultMaxBytes, AuditFileConfig.DefaultMaxFiles);
+                return new AuditFileConfig(SidecarConfigReader.ResolvePath(baseDirectory, path), AuditFileConfig.DefaultMaxBytes, AuditFileConfig.DefaultMaxFiles);
             case ConfigObject obj:
                 var members = new PolicyConfigReader.MemberReader(obj, diagnostics);
                 string? filePath = null;
                 if (members.Take("path") is { } pathNode && PolicyConfigReader.ReadString(pathNode, diagnostics) is { Length: > 0 } p)
                 {
-                    filePath = Resolve(baseDirectory, p);
+                    filePath = SidecarConfigReader.ResolvePath(baseDirectory, p);
                 }
                 else
                 {
@@ -142,29 +129,13 @@ internal static class AuditConfigReader
         {
             diagnostics.Add(obj, "\"http\" needs a \"url\"");
         }
-        var headers = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
-        if (members.Take("headers") is { } headersNode)
-        {
-            if (headersNode is ConfigObject headersObj)
-            {
-                foreach (var member in headersObj.Members)
-                {
-                    if (PolicyConfigReader.ReadString(member.Value, diagnostics) is { } value
-                        && SidecarConfigReader.Expand(value, member.Value, environment, diagnostics) is { } expanded)
-                    {
-                        headers[member.Name] = expanded;
-                    }
-                }
-            }
-            else
-            {
-                diagnostics.Add(headersNode, $"\"headers\" must be an object of string values, not {headersNode.KindName}");
-            }
-        }
-        var spool = Resolve(baseDirectory, "sidecar-audit-spool");
+        var headers = members.Take("headers") is { } headersNode
+            ? SidecarConfigReader.ReadStringMap(headersNode, environment, diagnostics, StringComparer.OrdinalIgnoreCase)
+            : new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
+        var spool = SidecarConfigReader.ResolvePath(baseDirectory, "sidecar-audit-spool");
         if (members.Take("spool") is { } spoolNode && PolicyConfigReader.ReadString(spoolNode, diagnostics) is { Length: > 0 } s)
         {
-            spool = Resolve(baseDirectory, s);
+            spool = SidecarConfigReader.ResolvePath(baseDirectory, s);
         }
         var maxSpool = ReadLong(members.Take("maxSpoolBytes"), AuditHttpConfig.DefaultMaxSpoolBytes, 1024, long.MaxValue, "maxSpoolBytes", diagnostics);
         var timeout = TimeSpan.FromSeconds(10);
@@ -182,8 +153,6 @@ internal static class AuditConfigReader
         members.ReportUnknown("url, headers, spool, maxSpoolBytes, timeout");
         return url is null ? null : new AuditHttpConfig(url, headers, spool, maxSpool, timeout);
     }
-
-    private static string Resolve(string baseDirectory, string path) => Path.GetFullPath(Path.Combine(baseDirectory, path));
 
     private static bool? ReadBool(ConfigNode node, DiagnosticBag diagnostics)
     {

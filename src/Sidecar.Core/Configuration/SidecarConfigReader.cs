@@ -301,9 +301,9 @@ public static class SidecarConfigReader
         return true;
     }
 
-    private static string ResolvePath(string baseDirectory, string path) => Path.GetFullPath(Path.Combine(baseDirectory, path));
+    internal static string ResolvePath(string baseDirectory, string path) => Path.GetFullPath(Path.Combine(baseDirectory, path));
 
-    private static List<string> ReadStringList(ConfigNode node, DiagnosticBag diagnostics)
+    internal static List<string> ReadStringList(ConfigNode node, DiagnosticBag diagnostics)
     {
         var result = new List<string>();
         if (node is not ConfigArray arr)
@@ -321,9 +321,11 @@ public static class SidecarConfigReader
         return result;
     }
 
-    private static Dictionary<string, string> ReadStringMap(ConfigNode node, Func<string, string?> environment, DiagnosticBag diagnostics)
+    /// <summary>An object of string values with <c>${NAME}</c> expanded (<paramref name="comparer"/>: Ordinal unless given).</summary>
+    internal static Dictionary<string, string> ReadStringMap(ConfigNode node, Func<string, string?> environment, DiagnosticBag diagnostics,
+        StringComparer? comparer = null)
     {
-        var result = new Dictionary<string, string>(StringComparer.Ordinal);
+        var result = new Dictionary<string, string>(comparer ?? StringComparer.Ordinal);
         if (node is not ConfigObject obj)
         {
             diagnostics.Add(node, $"expected an object of string values, not {node.KindName}");

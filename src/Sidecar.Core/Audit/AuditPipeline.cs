@@ -38,7 +38,7 @@ public sealed class AuditPipeline : IAsyncDisposable
     private readonly ArrayBufferWriter<byte> _event = new(4096);
     private readonly ArrayBufferWriter<byte> _batch = new(64 * 1024);
     private readonly Utf8JsonWriter _json;
-    private readonly List<string> _notes = [];
+    private readonly List<(string Sink, string Events, string Error)> _failedBatches = [];
     private readonly CancellationTokenSource _stop = new();
     private readonly byte[] _prev;
     private readonly string _source;
@@ -350,9 +350,7 @@ public sealed class AuditPipeline : IAsyncDisposable
             {
                 Interlocked.Increment(ref _sinkFailures);
                 _logger.LogError("Audit sink {Sink} lost events {First}..{Last}: {Error}", sink.Name, batch.FirstSequence, batch.LastSequence, ex.Message);
-                _notes.Add(sink.Name);
-                _notes.Add($"{batch.FirstSequence}..{batch.LastSequence}");
-                _notes.Add(ex.Message);
+                _failedBatches.Add((sink.Name, $"{batch.FirstSequence}..{batch.LastSequence}", ex.Message));
             }
         }
         Interlocked.Add(ref _written, _batchCount);
@@ -363,15 +361,15 @@ public sealed class AuditPipeline : IAsyncDisposable
             _batch.Clear(); // a burst grew it; the next GetSpan sizes it again
         }
 
-        for (var i = 0; i + 2 < _notes.Count; i += 3)
+        foreach (var (sink, events, error) in _failedBatches)
         {
             BeginEvent("audit_sink_failure", DateTime.UtcNow);
-            _json.WriteString("sink"u8, _notes[i]);
-            _json.WriteString("events"u8, _notes[i + 1]);
-            _json.WriteString("error"u8, _notes[i + 2]);
+            _json.WriteString("sink"u8, sink);
+            _json.WriteString("events"u8, events);
+            _json.WriteString("error"u8, error);
             EndEvent();
         }
-        _notes.Clear();
+        _failedBatches.Clear();
     }
 
     /// <summary>Drains the queue, writes calls still in flight as <c>unknown</c>, writes <c>audit_stop</c> and flushes every sink.</summary>

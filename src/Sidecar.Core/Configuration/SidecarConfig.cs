@@ -34,9 +34,10 @@ public sealed record GatewayLimits(
     TimeSpan UpstreamTimeout,
     TimeSpan ConnectTimeout,
     int MaxSessions,
-    TimeSpan SessionIdleTimeout)
+    TimeSpan SessionIdleTimeout,
+    int MaxInFlight)
 {
-    public static GatewayLimits Default { get; } = new(4 * 1024 * 1024, TimeSpan.FromSeconds(60), TimeSpan.FromSeconds(30), 10_000, TimeSpan.FromMinutes(30));
+    public static GatewayLimits Default { get; } = new(4 * 1024 * 1024, TimeSpan.FromSeconds(60), TimeSpan.FromSeconds(30), 10_000, TimeSpan.FromMinutes(30), 1024);
 }
 
 /// <summary>One upstream MCP server (<c>mcpServers.NAME</c>): a stdio command or a URL.</summary>

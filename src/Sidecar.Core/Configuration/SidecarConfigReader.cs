@@ -239,19 +239,28 @@ public static class SidecarConfigReader
             ConnectTimeout = ReadDuration(members.Take("connectTimeout"), limits.ConnectTimeout, diagnostics),
             SessionIdleTimeout = ReadDuration(members.Take("sessionIdleTimeout"), limits.SessionIdleTimeout, diagnostics),
         };
-        if (members.Take("maxSessions") is { } sessions)
+        limits = limits with
         {
-            if (sessions is ConfigScalar { IsNumber: true } n && int.TryParse(n.Text, out var count) && count >= 1)
-            {
-                limits = limits with { MaxSessions = count };
-            }
-            else
-            {
-                diagnostics.Add(sessions, "\"maxSessions\" must be a whole number, at least 1");
-            }
-        }
-        members.ReportUnknown("maxMessageBytes, upstreamTimeout, connectTimeout, maxSessions, sessionIdleTimeout");
+            MaxSessions = ReadCount(members.Take("maxSessions"), "maxSessions", limits.MaxSessions, diagnostics),
+            MaxInFlight = ReadCount(members.Take("maxInFlight"), "maxInFlight", limits.MaxInFlight, diagnostics),
+        };
+        members.ReportUnknown("maxMessageBytes, upstreamTimeout, connectTimeout, maxSessions, sessionIdleTimeout, maxInFlight");
         return limits;
+    }
+
+    /// <summary>A whole number, at least 1; the fallback when absent (or invalid, with a diagnostic).</summary>
+    private static int ReadCount(ConfigNode? node, string name, int fallback, DiagnosticBag diagnostics)
+    {
+        if (node is null)
+        {
+            return fallback;
+        }
+        if (node is ConfigScalar { IsNumber: true } n && int.TryParse(n.Text, out var count) && count >= 1)
+        {
+            return count;
+        }
+        diagnostics.Add(node, $"\"{name}\" must be a whole number, at least 1");
+        return fallback;
     }
 
     private static TimeSpan ReadDuration(ConfigNode? node, TimeSpan fallback, DiagnosticBag diagnostics)

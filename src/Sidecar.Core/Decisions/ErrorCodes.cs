@@ -23,6 +23,12 @@ public static class ErrorCodes
     /// <summary>The arguments fail a <c>require</c> condition, or a limit's <c>increment_from</c> is missing or negative.</summary>
     public const int InvalidArguments = -32014;
 
+    /// <summary>
+    /// The gateway is at <c>limits.maxInFlight</c> requests and shed this one (HTTP 503, <c>Retry-After</c>); nothing
+    /// was decided or forwarded. <c>error.data.retryAfterMs</c> says when to try again.
+    /// </summary>
+    public const int Overloaded = -32015;
+
     /// <summary>The upstream server could not be reached, crashed, or closed the session.</summary>
     public const int UpstreamUnavailable = -32016;
 

@@ -21,6 +21,13 @@ namespace Sidecar.Threading;
 /// A writer enqueues, then calls <see cref="Wake"/>. The flag is set and cleared with full fences on both sides, so
 /// either the reader sees the item when it looks again, or the writer sees the flag and completes the wait; the
 /// one who clears the flag completes the wait (exactly once). At most one wait may be pending.
+/// <para>
+/// The reader's continuation runs on the thread that wakes it, up to the reader's next wait: the answer an upstream
+/// sends is written to the agent by the thread that read it, with no hand-off to another thread (a hand-off is a
+/// thread wake-up, which costs more than the rest of the call on a small VM). So writers call <see cref="Wake"/> last,
+/// outside any lock, with nothing of theirs left half-done; and readers must not block (they never do: every wait
+/// they make is asynchronous).
+/// </para>
 /// </remarks>
 internal struct AsyncSignal
 {
@@ -32,7 +39,7 @@ internal struct AsyncSignal
     /// <summary>Readies a wait (reader only). Returns the version to build the <see cref="ValueTask{TResult}"/> with.</summary>
     public short Arm(CancellationToken cancellationToken)
     {
-        _core.RunContinuationsAsynchronously = true;
+        _core.RunContinuationsAsynchronously = false; // see the remarks: the reader runs on the waking thread
         _core.Reset();
         _token = cancellationToken;
         Interlocked.Exchange(ref _waiting, 1);

@@ -34,9 +34,18 @@ public sealed class StdioUpstreamConnector : IUpstreamConnector
 
     public string Transport => "stdio";
 
+    /// <summary>
+    /// Starts the server process. Spawning blocks for as long as fork and exec take (milliseconds): it runs on the
+    /// thread pool, never on the I/O thread that asked (which would stall every other connection meanwhile).
+    /// </summary>
     public ValueTask<IUpstreamConnection> ConnectAsync(CancellationToken cancellationToken)
     {
         cancellationToken.ThrowIfCancellationRequested();
+        return new ValueTask<IUpstreamConnection>(Task.Run(Spawn, cancellationToken));
+    }
+
+    private IUpstreamConnection Spawn()
+    {
         var command = _server.Command!;
         if (_server.Cwd is { } cwd && !Directory.Exists(cwd))
         {
@@ -83,7 +92,7 @@ public sealed class StdioUpstreamConnector : IUpstreamConnector
         }
 
         UpstreamLog.ProcessStarted(_logger, Name, process.Id, command);
-        return ValueTask.FromResult<IUpstreamConnection>(new StdioUpstreamConnection(Name, process, _limits, _logger));
+        return new StdioUpstreamConnection(Name, process, _limits, _logger);
     }
 
     public override string ToString() => _server.ToString();

@@ -23,6 +23,7 @@ internal static class RunCommand
         command.Options.Add(logLevel);
         command.SetAction(async (parse, cancellationToken) =>
         {
+            GatewayHost.PreferInlineIo(); // read once, when the first socket is made: before anything below makes one
             var error = parse.InvocationConfiguration.Error;
             var path = parse.GetValue(config) ?? Environment.GetEnvironmentVariable("SIDECAR_CONFIG");
             SidecarConfig loaded;

@@ -21,6 +21,7 @@ internal sealed class Gateway : IAsyncDisposable
     private readonly ILogger _logger;
     private readonly Timer _heartbeat;
     private long _lastSweep = Environment.TickCount64;
+    private long _shedReported;
 
     public Gateway(SidecarConfig config, ILoggerFactory loggers, bool listeningOnLoopback)
     {
@@ -28,6 +29,8 @@ internal sealed class Gateway : IAsyncDisposable
         _logger = loggers.CreateLogger("Sidecar.Gateway");
         Options = new GatewayOptions(config.Limits, config.BlockedCalls);
         Guards = new HttpGuards(config, listeningOnLoopback);
+        InFlight = new InFlightGate(config.Limits.MaxInFlight);
+        OverloadedResponse = JsonRpcResponses.Overloaded(config.Limits.MaxInFlight);
         Store = new RateLimitStore();
         Engine = new DecisionEngine(Store);
         Audit = AuditSetup.Create(config, loggers);
@@ -51,6 +54,12 @@ internal sealed class Gateway : IAsyncDisposable
     public GatewayOptions Options { get; }
     public HttpGuards Guards { get; }
     public RateLimitStore Store { get; }
+
+    /// <summary>The cap on agent requests in flight (<c>limits.maxInFlight</c>).</summary>
+    public InFlightGate InFlight { get; }
+
+    /// <summary>The body of the 503 a shed request gets (built once).</summary>
+    public byte[] OverloadedResponse { get; }
     public DecisionEngine Engine { get; }
 
     /// <summary>The audit writer; null when audit is off.</summary>
@@ -111,10 +120,23 @@ internal sealed class Gateway : IAsyncDisposable
                 _lastSweep = now;
                 Store.Sweep();
             }
+            ReportShed();
         }
         catch (Exception ex)
         {
             _logger.LogError(ex, "Gateway heartbeat failed");
+        }
+    }
+
+    /// <summary>Logs the requests shed since the last heartbeat (at most four lines a second, none on the request path).</summary>
+    private void ReportShed()
+    {
+        var shed = InFlight.Shed;
+        if (shed != _shedReported)
+        {
+            _logger.LogWarning("Overloaded: shed {Count} requests with 503 ({Total} since start); {InFlight} of {Max} in flight (limits.maxInFlight)",
+                shed - _shedReported, shed, InFlight.Count, InFlight.Capacity);
+            _shedReported = shed;
         }
     }
 

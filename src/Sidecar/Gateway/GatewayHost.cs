@@ -13,6 +13,27 @@ namespace Sidecar.Gateway;
 /// <summary>Builds and runs the Kestrel daemon for a config.</summary>
 internal static class GatewayHost
 {
+    /// <summary>The runtime's switch for running socket completions on the I/O thread.</summary>
+    public const string InlineCompletionsVariable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
+
+    /// <summary>
+    /// Whether a call runs start to end on the I/O thread that received it: on unless
+    /// <c>DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=0</c>. <c>sidecar run</c> sets that variable to 1 when it is
+    /// not set (<see cref="PreferInlineIo"/>), so the runtime also completes socket reads and writes inline. A
+    /// thread-pool hand-off per step (receive, decide, forward, answer, send) costs a thread wake-up each, which on a
+    /// small VM is more than the rest of the call (bench/load/FINDINGS.md).
+    /// </summary>
+    public static bool InlineIo => Environment.GetEnvironmentVariable(InlineCompletionsVariable) != "0";
+
+    /// <summary>Turns on the runtime's inline socket completions unless the environment says otherwise. Call before any socket exists.</summary>
+    public static void PreferInlineIo()
+    {
+        if (Environment.GetEnvironmentVariable(InlineCompletionsVariable) is null)
+        {
+            Environment.SetEnvironmentVariable(InlineCompletionsVariable, "1");
+        }
+    }
+
     public static WebApplication Build(SidecarConfig config, LogLevel logLevel, Action<ILoggingBuilder>? logging = null)
     {
         if (!SidecarConfigReader.TryParseListen(config.Listen, out var host, out var port))
@@ -27,6 +48,9 @@ internal static class GatewayHost
         // hundreds of milliseconds). Sidecar reads its own config file; Kestrel and routing are added explicitly.
         var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions { ContentRootPath = AppContext.BaseDirectory });
         builder.WebHost.UseKestrelCore();
+        // Kestrel runs the request handlers on the socket's I/O thread instead of handing each read and write to the
+        // thread pool (see InlineIo). The handlers never block: every wait is asynchronous.
+        builder.WebHost.UseSockets(sockets => sockets.UnsafePreferInlineScheduling = InlineIo);
         builder.Services.AddRoutingCore();
         builder.Logging.ClearProviders();
         builder.Logging.SetMinimumLevel(logLevel);
@@ -63,7 +87,7 @@ internal static class GatewayHost
         app.MapGet("/servers/{name}/sse", new RequestDelegate(endpoints.LegacySseAsync));
         app.MapPost("/servers/{name}/message", new RequestDelegate(endpoints.LegacyMessageAsync));
         app.MapGet("/healthz", new RequestDelegate(static context => context.Response.WriteAsync("ok")));
-        app.MapGet("/readyz", new RequestDelegate(context => context.Response.WriteAsync($"ready: {gateway.Config.Servers.Count} servers, {gateway.SessionCount} sessions")));
+        app.MapGet("/readyz", new RequestDelegate(context => context.Response.WriteAsync($"ready: {gateway.Config.Servers.Count} servers, {gateway.SessionCount} sessions, {gateway.InFlight.Count} of {gateway.InFlight.Capacity} requests in flight")));
         return app;
     }
 }

@@ -29,6 +29,32 @@ internal static class JsonRpcResponses
         return buffer.WrittenSpan.ToArray();
     }
 
+    /// <summary>
+    /// The answer to a request shed because <c>limits.maxInFlight</c> requests are in flight (built once: its body was
+    /// never read, so the id is <c>null</c>): <c>error.data</c> = <c>{"reason":"overloaded","retryAfterMs":1000,"maxInFlight":N}</c>.
+    /// </summary>
+    public static byte[] Overloaded(int maxInFlight)
+    {
+        var buffer = new ArrayBufferWriter<byte>(256);
+        using (var writer = new Utf8JsonWriter(buffer, s_writerOptions))
+        {
+            writer.WriteStartObject();
+            writer.WriteString("jsonrpc"u8, "2.0"u8);
+            writer.WriteNull("id"u8);
+            writer.WriteStartObject("error"u8);
+            writer.WriteNumber("code"u8, ErrorCodes.Overloaded);
+            writer.WriteString("message"u8, $"Sidecar is overloaded: {maxInFlight} requests are in flight (limits.maxInFlight); retry later");
+            writer.WriteStartObject("data"u8);
+            writer.WriteString("reason"u8, "overloaded"u8);
+            writer.WriteNumber("retryAfterMs"u8, 1000);
+            writer.WriteNumber("maxInFlight"u8, maxInFlight);
+            writer.WriteEndObject();
+            writer.WriteEndObject();
+            writer.WriteEndObject();
+        }
+        return buffer.WrittenSpan.ToArray();
+    }
+
     /// <summary>The answer to a blocked <c>tools/call</c>: a JSON-RPC error with <c>error.data</c>, or an <c>isError</c> tool result.</summary>
     public static byte[] Blocked(ReadOnlySpan<byte> rawId, string server, string tool, in Decision decision, bool asToolResult)
     {

@@ -37,12 +37,30 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
             return WriteErrorAsync(context, StatusCodes.Status406NotAcceptable, ErrorCodes.ServerError,
                 "Not Acceptable: the client must accept both application/json and text/event-stream");
         }
-        var read = ReadJsonBodyAsync(context);
-        if (!read.IsCompletedSuccessfully)
+        if (!gateway.InFlight.TryEnter())
         {
-            return AsTask(PostAfterReadAsync(context, server, read));
+            return WriteOverloadedAsync(context);
         }
-        return read.GetAwaiter().GetResult() is { } body ? AsTask(HandlePostAsync(context, server, body)) : Task.CompletedTask;
+        ValueTask<ReadOnlySequence<byte>?> read;
+        try
+        {
+            read = ReadJsonBodyAsync(context);
+            if (!read.IsCompletedSuccessfully)
+            {
+                return AsTask(PostAfterReadAsync(context, server, read));
+            }
+        }
+        catch
+        {
+            gateway.InFlight.Exit();
+            throw;
+        }
+        if (read.GetAwaiter().GetResult() is { } body)
+        {
+            return AsTask(HandlePostAsync(context, server, body)); // leaves the gate when done
+        }
+        gateway.InFlight.Exit();
+        return Task.CompletedTask;
     }
 
     /// <summary>
@@ -62,13 +80,30 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask PostAfterReadAsync(HttpContext context, ServerRuntime server, ValueTask<ReadOnlySequence<byte>?> read)
     {
-        if (await read.ConfigureAwait(false) is { } body)
+        ReadOnlySequence<byte>? body;
+        try
         {
-            await HandlePostAsync(context, server, body).ConfigureAwait(false);
+            body = await read.ConfigureAwait(false);
+        }
+        catch
+        {
+            gateway.InFlight.Exit();
+            throw;
+        }
+        if (body is { } buffer)
+        {
+            await HandlePostAsync(context, server, buffer).ConfigureAwait(false);
+        }
+        else
+        {
+            gateway.InFlight.Exit();
         }
     }
 
-    /// <summary>Handles a POST whose body has been read, and gives the body back to Kestrel whatever happens.</summary>
+    /// <summary>
+    /// Handles a POST whose body has been read; whatever happens, gives the body back to Kestrel and the place taken
+    /// in <see cref="Gateway.InFlight"/> back to the gate.
+    /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask HandlePostAsync(HttpContext context, ServerRuntime server, ReadOnlySequence<byte> body)
     {
@@ -176,7 +211,7 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
 
             if (useSse)
             {
-                await WriteSseResponseAsync(context, session, sink, expected).ConfigureAwait(false);
+                await WriteSseResponseAsync(context, session, sink, expected, jsonIfAnsweredFirst: !isBatch).ConfigureAwait(false);
             }
             else
             {
@@ -191,6 +226,7 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
         finally
         {
             context.Request.BodyReader.AdvanceTo(body.End);
+            gateway.InFlight.Exit();
         }
     }
 
@@ -362,13 +398,30 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
             await WriteErrorAsync(context, StatusCodes.Status404NotFound, ErrorCodes.ServerError, "Not Found: unknown or expired session").ConfigureAwait(false);
             return;
         }
+        if (!gateway.InFlight.TryEnter())
+        {
+            await WriteOverloadedAsync(context).ConfigureAwait(false);
+            return;
+        }
+        try
+        {
+            await LegacyMessageInFlightAsync(context, session).ConfigureAwait(false);
+        }
+        finally
+        {
+            gateway.InFlight.Exit();
+        }
+    }
+
+    private async ValueTask LegacyMessageInFlightAsync(HttpContext context, AgentSession session)
+    {
         if (await ReadJsonBodyAsync(context).ConfigureAwait(false) is not { } body)
         {
             return;
         }
         try
         {
-            if (!TryScan(body, out var scan, out refused))
+            if (!TryScan(body, out var scan, out var refused))
             {
                 await WriteErrorAsync(context, refused.Status, refused.Code, refused.Message).ConfigureAwait(false);
                 return;
@@ -456,49 +509,79 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
         {
             response.Headers[SessionHeader] = session.Id;
         }
-        response.StatusCode = StatusCodes.Status200OK;
-        response.ContentType = "application/json";
-        var writer = response.BodyWriter;
         if (responses is null)
         {
-            writer.Write(first.Span);
+            await WriteJsonAsync(context, first).ConfigureAwait(false);
+            return initialized;
         }
-        else
+        response.StatusCode = StatusCodes.Status200OK;
+        response.ContentType = "application/json";
+        var length = 1 + responses.Count; // "[", a "," between messages and "]"
+        foreach (var message in responses)
         {
-            writer.Write("["u8);
-            for (var i = 0; i < responses.Count; i++)
-            {
-                if (i > 0)
-                {
-                    writer.Write(","u8);
-                }
-                writer.Write(responses[i].Span);
-            }
-            writer.Write("]"u8);
+            length += message.Length;
         }
+        response.ContentLength = responses.Count == 0 ? 2 : length;
+        var writer = response.BodyWriter;
+        writer.Write("["u8);
+        for (var i = 0; i < responses.Count; i++)
+        {
+            if (i > 0)
+            {
+                writer.Write(","u8);
+            }
+            writer.Write(responses[i].Span);
+        }
+        writer.Write("]"u8);
         await writer.FlushAsync(context.RequestAborted).ConfigureAwait(false);
         return initialized;
+    }
+
+    /// <summary>One JSON-RPC message as the whole JSON body, with its length: headers and body leave in one write.</summary>
+    private static ValueTask<FlushResult> WriteJsonAsync(HttpContext context, ReadOnlyMemory<byte> message)
+    {
+        var response = context.Response;
+        response.StatusCode = StatusCodes.Status200OK;
+        response.ContentType = "application/json";
+        response.ContentLength = message.Length;
+        return response.BodyWriter.WriteAsync(message, context.RequestAborted);
     }
 
     /// <summary>
     /// The SSE answer to one POST: every message for it as it comes (related requests and notifications, then the
     /// responses), one flush per burst, until the expected responses have been written.
     /// </summary>
+    /// <remarks>
+    /// The agent accepts both answers (checked on arrival), and the stream only matters when something comes before
+    /// the answer (progress, a server request). With <paramref name="jsonIfAnsweredFirst"/> (one request, not a
+    /// batch), the stream starts with the first message that is not the answer; an answer that comes first is sent
+    /// as a plain JSON body with its length: one write instead of a chunked stream and its end.
+    /// </remarks>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private static async ValueTask WriteSseResponseAsync(HttpContext context, AgentSession session, MessageSink sink, int expected)
+    private static async ValueTask WriteSseResponseAsync(HttpContext context, AgentSession session, MessageSink sink, int expected, bool jsonIfAnsweredFirst)
     {
         var response = context.Response;
-        response.StatusCode = StatusCodes.Status200OK;
-        response.ContentType = "text/event-stream";
-        response.Headers.CacheControl = "no-cache";
         var writer = response.BodyWriter;
         var received = 0;
+        var streaming = false;
         try
         {
             while (received < expected && await sink.WaitToReadAsync(context.RequestAborted).ConfigureAwait(false))
             {
                 while (received < expected && sink.TryRead(out var message))
                 {
+                    if (!streaming)
+                    {
+                        if (jsonIfAnsweredFirst && message.IsResponse && expected == 1)
+                        {
+                            await WriteJsonAsync(context, message.Payload).ConfigureAwait(false);
+                            return;
+                        }
+                        response.StatusCode = StatusCodes.Status200OK;
+                        response.ContentType = "text/event-stream";
+                        response.Headers.CacheControl = "no-cache";
+                        streaming = true;
+                    }
                     SseWriter.WriteEvent(writer, "message"u8, message.Payload.Span);
                     if (message.IsResponse)
                     {
@@ -506,6 +589,13 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
                     }
                 }
                 await writer.FlushAsync(context.RequestAborted).ConfigureAwait(false);
+            }
+            if (!streaming)
+            {
+                // The session ended before anything came: an empty stream, as the agent was told to expect.
+                response.StatusCode = StatusCodes.Status200OK;
+                response.ContentType = "text/event-stream";
+                response.Headers.CacheControl = "no-cache";
             }
         }
         catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
@@ -735,6 +825,26 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
         context.Response.StatusCode = StatusCodes.Status400BadRequest;
         context.Response.ContentType = "application/json";
         await context.Response.BodyWriter.WriteAsync(buffer.WrittenMemory, context.RequestAborted).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// HTTP 503 for a request shed by <see cref="Gateway.InFlight"/>: its body is never read, so the JSON-RPC error has
+    /// no id; <c>Retry-After</c> (seconds) and <c>error.data.retryAfterMs</c> say when to try again.
+    /// </summary>
+    private async Task WriteOverloadedAsync(HttpContext context)
+    {
+        var response = context.Response;
+        response.StatusCode = StatusCodes.Status503ServiceUnavailable;
+        response.Headers.RetryAfter = "1";
+        response.ContentType = "application/json";
+        try
+        {
+            await response.BodyWriter.WriteAsync(gateway.OverloadedResponse, context.RequestAborted).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            // The client is gone.
+        }
     }
 
     private static async Task WriteErrorAsync(HttpContext context, int status, int code, string message, byte[]? rawId = null)

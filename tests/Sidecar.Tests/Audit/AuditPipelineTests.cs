@@ -43,6 +43,32 @@ public sealed class AuditPipelineTests
     }
 
     [Fact]
+    public async Task Every_event_has_a_distinct_uuid_v7_id_carrying_its_time()
+    {
+        var sink = new MemorySink();
+        var pipeline = AuditTest.Pipeline(sink);
+        pipeline.Start();
+        for (var i = 0; i < 1000; i++) // more than one refill of the random buffer
+        {
+            AuditTest.Record(pipeline.Recorder, "drop_flow", "{}", AuditTest.Decision(DecisionOutcome.Deny, "tools.drop_flow", "no"), forwarded: false);
+        }
+        await pipeline.DisposeAsync();
+
+        var ids = new HashSet<Guid>();
+        foreach (var e in Events(sink))
+        {
+            var text = e.GetProperty("id").GetString()!;
+            var id = Guid.Parse(text);
+            Assert.True(ids.Add(id), "duplicate id " + text);
+            Assert.Equal(7, id.Version);
+            Assert.Contains(text[19], "89ab"); // RFC 9562 variant: 10xx
+            var time = e.GetProperty("time").GetDateTimeOffset().ToUnixTimeMilliseconds();
+            Assert.Equal(time, Convert.ToInt64(text.Replace("-", "", StringComparison.Ordinal)[..12], 16));
+        }
+        Assert.Equal(1002, ids.Count);
+    }
+
+    [Fact]
     public async Task Calls_still_in_flight_at_shutdown_are_written_as_unknown()
     {
         var sink = new MemorySink();

@@ -47,7 +47,7 @@ public sealed class SseUpstreamConnection : IUpstreamConnection
         FullMode = BoundedChannelFullMode.Wait,
         SingleReader = false, // the sender loop, and a failing connection draining what is left
         SingleWriter = false,
-        AllowSynchronousContinuations = false,
+        AllowSynchronousContinuations = true, // the sender loop starts its POST on the sender's thread (no thread hand-off)
     });
     private HttpResponseMessage? _response;
     private SseReader? _reader;

@@ -59,7 +59,7 @@ public sealed class StdioUpstreamConnection : IUpstreamConnection
         FullMode = BoundedChannelFullMode.Wait,
         SingleReader = true,
         SingleWriter = false,
-        AllowSynchronousContinuations = false,
+        AllowSynchronousContinuations = true, // the writer loop runs on the sender's thread (a pipe write, no thread hand-off)
     });
     private readonly Stream _stdin;
     private readonly Task _writer;

@@ -4,6 +4,7 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Sidecar.Configuration;
 using ZLogger;
@@ -75,10 +76,15 @@ internal static class GatewayHost
             kestrel.Listen(address, port);
         });
 
+        // Stopping awaits the gateway's disposal (sessions closed, audit drained and flushed) in a hosted service:
+        // registered after the web server's own, it stops before it. Blocking on it in an ApplicationStopping callback
+        // would hold the thread that asked to stop, and an I/O thread must never wait for I/O.
+        var lifetime = new GatewayLifetime();
+        builder.Services.AddSingleton<IHostedService>(lifetime);
         var app = builder.Build();
         var loggers = app.Services.GetRequiredService<ILoggerFactory>();
         var gateway = new Gateway(config, loggers, IPAddress.IsLoopback(address));
-        app.Lifetime.ApplicationStopping.Register(() => gateway.DisposeAsync().AsTask().GetAwaiter().GetResult());
+        lifetime.Gateway = gateway;
         var endpoints = new McpEndpoints(gateway, loggers.CreateLogger("Sidecar.Http"));
 
         app.MapPost("/servers/{name}/mcp", new RequestDelegate(endpoints.PostAsync));
@@ -90,4 +96,14 @@ internal static class GatewayHost
         app.MapGet("/readyz", new RequestDelegate(context => context.Response.WriteAsync($"ready: {gateway.Config.Servers.Count} servers, {gateway.SessionCount} sessions, {gateway.InFlight.Count} of {gateway.InFlight.Capacity} requests in flight")));
         return app;
     }
+}
+
+/// <summary>Disposes the gateway when the host stops, asynchronously.</summary>
+internal sealed class GatewayLifetime : IHostedService
+{
+    public Gateway? Gateway { get; set; }
+
+    public Task StartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public Task StopAsync(CancellationToken cancellationToken) => Gateway is { } gateway ? gateway.DisposeAsync().AsTask() : Task.CompletedTask;
 }

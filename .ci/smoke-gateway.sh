@@ -35,6 +35,7 @@ ready=$(( ($(date +%s%N) - start) / 1000000 ))
 curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { cat "$work/log"; echo "sidecar did not become ready" >&2; exit 1; }
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
 echo "ready in ${ready} ms; RSS ${rss} kB (binary $(stat -c %s "$bin") bytes)"
+grep -q "I/O inline on the socket threads" "$work/log" || { cat "$work/log"; echo "the binary did not start with inline I/O" >&2; exit 1; }
 
 url="http://127.0.0.1:$port/servers/everything/mcp"
 post() { curl -s -D "$work/headers" "$url" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' ${session:+-H "Mcp-Session-Id: $session"} -d "$1"; }

@@ -51,8 +51,8 @@ internal static class RunCommand
 
             await using var _ = app.ConfigureAwait(false);
             var logger = app.Services.GetService(typeof(ILoggerFactory)) is ILoggerFactory f ? f.CreateLogger("Sidecar") : null;
-            logger?.LogInformation("Sidecar listening on http://{Listen} with config {Config}; endpoints /servers/{{name}}/mcp and /servers/{{name}}/sse",
-                loaded.Listen, path);
+            logger?.LogInformation("Sidecar listening on http://{Listen} with config {Config}; endpoints /servers/{{name}}/mcp and /servers/{{name}}/sse; I/O {Io}",
+                loaded.Listen, path, GatewayHost.InlineIo ? "inline on the socket threads" : "through the thread pool (" + GatewayHost.InlineCompletionsVariable + "=0)");
             await app.StartAsync(cancellationToken).ConfigureAwait(false);
             await app.WaitForShutdownAsync(cancellationToken).ConfigureAwait(false);
             return 0;

@@ -283,8 +283,15 @@ public sealed class GatewayHttpTests(GatewayFixture fixture) : IClassFixture<Gat
     public async Task A_reused_id_in_flight_is_refused()
     {
         var session = await OpenSessionAsync();
-        var slow = PostAsync("stdio", """{"jsonrpc":"2.0","id":77,"method":"tools/call","params":{"name":"trigger-long-running-operation","arguments":{"duration":1,"steps":1}}}""", session);
-        await Task.Delay(300);
+        var marker = Marker();
+        var slow = PostAsync("stdio", """{"jsonrpc":"2.0","id":77,"method":"tools/call","params":{"name":"trigger-long-running-operation","arguments":{"duration":1,"steps":1},"_meta":{"progressToken":""" + "\"" + marker + "\"}}}", session);
+        // Once the upstream has the first call, the gateway holds id 77 as in flight (it is registered before forwarding).
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (!UpstreamSaw(marker))
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the upstream never received the first call");
+            await Task.Delay(20);
+        }
         using var second = await PostAsync("stdio", Call(77, "echo", """{"message":"again"}"""), session);
         Assert.Equal(-32600, ErrorCode((await MessagesAsync(second)).Single()));
         using var first = await slow;

@@ -215,8 +215,15 @@ public sealed class StdioUpstreamTests : UpstreamConversationTests
     {
         await using var session = await OpenAsync();
         await session.Client.InitializeAsync();
-        Assert.Contains(Loggers.Entries, l => l.EventId.Id == 2001 && l.Message.StartsWith("everything: ", StringComparison.Ordinal)
-            && l.Message.Contains("STDIO", StringComparison.Ordinal));
+        // stderr is its own pipe, read by its own loop: nothing orders its lines with the answers on stdout.
+        static bool Logged(TestLoggerFactory.Entry entry) => entry.EventId.Id == 2001 && entry.Message.StartsWith("everything: ", StringComparison.Ordinal)
+            && entry.Message.Contains("STDIO", StringComparison.Ordinal);
+        var deadline = Stopwatch.StartNew();
+        while (!Loggers.Entries.Any(Logged) && deadline.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            await Task.Delay(20);
+        }
+        Assert.Contains(Loggers.Entries, Logged);
     }
 
     [Fact]

@@ -41,19 +41,11 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
         {
             return WriteOverloadedAsync(context);
         }
-        ValueTask<ReadOnlySequence<byte>?> read;
-        try
+        // ReadJsonBodyAsync is async: a failure is in the ValueTask (PostAfterReadAsync gives the place back), never thrown here.
+        var read = ReadJsonBodyAsync(context);
+        if (!read.IsCompletedSuccessfully)
         {
-            read = ReadJsonBodyAsync(context);
-            if (!read.IsCompletedSuccessfully)
-            {
-                return AsTask(PostAfterReadAsync(context, server, read));
-            }
-        }
-        catch
-        {
-            gateway.InFlight.Exit();
-            throw;
+            return AsTask(PostAfterReadAsync(context, server, read));
         }
         if (read.GetAwaiter().GetResult() is { } body)
         {
@@ -413,6 +405,7 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask LegacyMessageInFlightAsync(HttpContext context, AgentSession session)
     {
         if (await ReadJsonBodyAsync(context).ConfigureAwait(false) is not { } body)
@@ -516,12 +509,12 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
         }
         response.StatusCode = StatusCodes.Status200OK;
         response.ContentType = "application/json";
-        var length = 1 + responses.Count; // "[", a "," between messages and "]"
+        var length = 2 + Math.Max(responses.Count - 1, 0); // "[" and "]", and a "," between messages
         foreach (var message in responses)
         {
             length += message.Length;
         }
-        response.ContentLength = responses.Count == 0 ? 2 : length;
+        response.ContentLength = length;
         var writer = response.BodyWriter;
         writer.Write("["u8);
         for (var i = 0; i < responses.Count; i++)
@@ -577,9 +570,7 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
                             await WriteJsonAsync(context, message.Payload).ConfigureAwait(false);
                             return;
                         }
-                        response.StatusCode = StatusCodes.Status200OK;
-                        response.ContentType = "text/event-stream";
-                        response.Headers.CacheControl = "no-cache";
+                        StartEventStream(response);
                         streaming = true;
                     }
                     SseWriter.WriteEvent(writer, "message"u8, message.Payload.Span);
@@ -592,10 +583,7 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
             }
             if (!streaming)
             {
-                // The session ended before anything came: an empty stream, as the agent was told to expect.
-                response.StatusCode = StatusCodes.Status200OK;
-                response.ContentType = "text/event-stream";
-                response.Headers.CacheControl = "no-cache";
+                StartEventStream(response); // the session ended before anything came: an empty stream
             }
         }
         catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
@@ -604,13 +592,19 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
         }
     }
 
+    /// <summary>The status and headers of an SSE answer (written with its first flush).</summary>
+    private static void StartEventStream(HttpResponse response)
+    {
+        response.StatusCode = StatusCodes.Status200OK;
+        response.ContentType = "text/event-stream";
+        response.Headers.CacheControl = "no-cache";
+    }
+
     /// <summary>A long-lived SSE stream (GET stream or legacy SSE) with keep-alive comments, until the agent leaves or the session ends.</summary>
     private static async Task StreamAsync(HttpContext context, MessageSink sink, byte[]? endpointEvent)
     {
         var response = context.Response;
-        response.StatusCode = StatusCodes.Status200OK;
-        response.ContentType = "text/event-stream";
-        response.Headers.CacheControl = "no-cache";
+        StartEventStream(response);
         response.Headers["X-Accel-Buffering"] = "no";
         var writer = response.BodyWriter;
         if (endpointEvent is not null)

@@ -1,5 +1,3 @@
-using System.Net.Http.Headers;
-using System.Text;
 using System.Text.Json;
 using Sidecar.Cli;
 using Sidecar.IntegrationTests.TestSupport;
@@ -225,14 +223,7 @@ public sealed class GatewayAuditTests : IDisposable
     private static List<JsonElement> ReadEvents(string file)
         => File.ReadAllLines(file).Select(line => JsonDocument.Parse(line).RootElement.Clone()).ToList();
 
-    private async Task<string> InitializeAsync(SidecarHost host)
-    {
-        using var response = await PostAsync(host, """{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}""", null);
-        Assert.True(response.IsSuccessStatusCode, await response.Content.ReadAsStringAsync());
-        var session = response.Headers.GetValues("Mcp-Session-Id").Single();
-        using var initialized = await PostAsync(host, """{"jsonrpc":"2.0","method":"notifications/initialized"}""", session);
-        return session;
-    }
+    private Task<string> InitializeAsync(SidecarHost host) => RawMcp.OpenSessionAsync(_http, host.McpUrl("everything"));
 
     private Task<JsonElement> CallAsync(SidecarHost host, string session, int id, string tool, string arguments)
         => CallAsync(host, session, id.ToString(System.Globalization.CultureInfo.InvariantCulture), tool, arguments);
@@ -252,15 +243,6 @@ public sealed class GatewayAuditTests : IDisposable
         throw new InvalidOperationException("no response in: " + text);
     }
 
-    private async Task<HttpResponseMessage> PostAsync(SidecarHost host, string body, string? session)
-    {
-        using var request = new HttpRequestMessage(HttpMethod.Post, host.McpUrl("everything")) { Content = new ByteArrayContent(Encoding.UTF8.GetBytes(body)) };
-        request.Content.Headers.ContentType = MediaTypeHeaderValue.Parse("application/json");
-        request.Headers.TryAddWithoutValidation("Accept", "application/json, text/event-stream");
-        if (session is not null)
-        {
-            request.Headers.Add("Mcp-Session-Id", session);
-        }
-        return await _http.SendAsync(request);
-    }
+    private Task<HttpResponseMessage> PostAsync(SidecarHost host, string body, string? session)
+        => RawMcp.PostAsync(_http, host.McpUrl("everything"), body, session);
 }

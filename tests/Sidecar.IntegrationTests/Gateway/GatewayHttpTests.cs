@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json;
+using Sidecar.IntegrationTests.TestSupport;
 
 namespace Sidecar.IntegrationTests.Gateway;
 
@@ -20,33 +21,11 @@ public sealed class GatewayHttpTests(GatewayFixture fixture) : IClassFixture<Gat
     private bool UpstreamSaw(string marker) => fixture.RecordedLines().Any(line => line.Contains(marker, StringComparison.Ordinal));
 
     /// <summary>An initialized Streamable HTTP session opened by hand.</summary>
-    private async Task<string> OpenSessionAsync(string server = "stdio")
-    {
-        using var response = await PostAsync(server, """{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}""", null);
-        var body = await response.Content.ReadAsStringAsync();
-        Assert.True(response.StatusCode == HttpStatusCode.OK, body);
-        var session = response.Headers.GetValues("Mcp-Session-Id").Single();
-        using var initialized = await PostAsync(server, """{"jsonrpc":"2.0","method":"notifications/initialized"}""", session);
-        Assert.Equal(HttpStatusCode.Accepted, initialized.StatusCode);
-        return session;
-    }
+    private Task<string> OpenSessionAsync(string server = "stdio") => RawMcp.OpenSessionAsync(_http, fixture.Sidecar.McpUrl(server));
 
-    private async Task<HttpResponseMessage> PostAsync(string server, string body, string? session,
+    private Task<HttpResponseMessage> PostAsync(string server, string body, string? session,
         string contentType = "application/json", string accept = "application/json, text/event-stream", Action<HttpRequestMessage>? configure = null)
-    {
-        using var request = new HttpRequestMessage(HttpMethod.Post, fixture.Sidecar.McpUrl(server))
-        {
-            Content = new ByteArrayContent(Encoding.UTF8.GetBytes(body)),
-        };
-        request.Content.Headers.ContentType = MediaTypeHeaderValue.Parse(contentType);
-        request.Headers.TryAddWithoutValidation("Accept", accept);
-        if (session is not null)
-        {
-            request.Headers.Add("Mcp-Session-Id", session);
-        }
-        configure?.Invoke(request);
-        return await _http.SendAsync(request);
-    }
+        => RawMcp.PostAsync(_http, fixture.Sidecar.McpUrl(server), body, session, contentType, accept, configure);
 
     /// <summary>
     /// The JSON-RPC messages of a response: one JSON body, a JSON array, or the data of SSE events. Session-wide

@@ -1,6 +1,4 @@
 using System.Net;
-using System.Net.Http.Headers;
-using System.Text;
 using System.Text.Json;
 using Microsoft.Extensions.Logging.Abstractions;
 using ModelContextProtocol.Client;
@@ -109,16 +107,7 @@ public sealed class OverloadTests : IAsyncLifetime
         }
     }
 
-    private async Task<string> OpenSessionAsync()
-    {
-        using var response = await PostAsync(_sidecar.McpUrl("everything"),
-            """{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}""", null);
-        Assert.True(response.StatusCode == HttpStatusCode.OK, await response.Content.ReadAsStringAsync());
-        var session = response.Headers.GetValues("Mcp-Session-Id").Single();
-        using var initialized = await PostAsync(_sidecar.McpUrl("everything"), """{"jsonrpc":"2.0","method":"notifications/initialized"}""", session);
-        Assert.Equal(HttpStatusCode.Accepted, initialized.StatusCode);
-        return session;
-    }
+    private Task<string> OpenSessionAsync() => RawMcp.OpenSessionAsync(_http, _sidecar.McpUrl("everything"));
 
     /// <summary>Opens a legacy SSE stream (a GET: not counted in flight) and returns the message endpoint it announces.</summary>
     private async Task<string> OpenLegacyStreamAsync(CancellationToken cancellationToken)
@@ -154,15 +143,5 @@ public sealed class OverloadTests : IAsyncLifetime
         Assert.Contains(expected, text, StringComparison.Ordinal);
     }
 
-    private async Task<HttpResponseMessage> PostAsync(Uri url, string body, string? session)
-    {
-        using var request = new HttpRequestMessage(HttpMethod.Post, url) { Content = new ByteArrayContent(Encoding.UTF8.GetBytes(body)) };
-        request.Content.Headers.ContentType = MediaTypeHeaderValue.Parse("application/json");
-        request.Headers.TryAddWithoutValidation("Accept", "application/json, text/event-stream");
-        if (session is not null)
-        {
-            request.Headers.Add("Mcp-Session-Id", session);
-        }
-        return await _http.SendAsync(request);
-    }
+    private Task<HttpResponseMessage> PostAsync(Uri url, string body, string? session) => RawMcp.PostAsync(_http, url, body, session);
 }

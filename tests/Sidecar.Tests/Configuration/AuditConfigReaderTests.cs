@@ -1,19 +1,12 @@
-using System.Text;
 using Sidecar.Configuration;
+using Sidecar.Tests.TestSupport;
 
 namespace Sidecar.Tests.Configuration;
 
 public sealed class AuditConfigReaderTests
 {
-    private const string Base = "/etc/sidecar";
-
     private static (SidecarConfig? Config, DiagnosticBag Diagnostics) Read(string audit, Func<string, string?>? environment = null)
-    {
-        var json = $$"""{ "mcpServers": { "a": { "command": "x" } }{{audit}} }""";
-        var diagnostics = new DiagnosticBag("sidecar.json");
-        var config = SidecarConfigReader.Read(Encoding.UTF8.GetBytes(json), Base, diagnostics, environment ?? (_ => null));
-        return (config, diagnostics);
-    }
+        => ConfigText.Read(audit, environment);
 
     [Fact]
     public void Without_a_section_the_trail_goes_to_a_file_in_the_working_directory()

@@ -1,17 +1,11 @@
-using System.Text;
 using Sidecar.Configuration;
+using Sidecar.Tests.TestSupport;
 
 namespace Sidecar.Tests.Configuration;
 
 public sealed class GatewayLimitsReaderTests
 {
-    private static (SidecarConfig? Config, DiagnosticBag Diagnostics) Read(string limits)
-    {
-        var json = $$"""{ "mcpServers": { "a": { "command": "x" } }{{limits}} }""";
-        var diagnostics = new DiagnosticBag("sidecar.json");
-        var config = SidecarConfigReader.Read(Encoding.UTF8.GetBytes(json), "/etc/sidecar", diagnostics, _ => null);
-        return (config, diagnostics);
-    }
+    private static (SidecarConfig? Config, DiagnosticBag Diagnostics) Read(string limits) => ConfigText.Read(limits);
 
     [Fact]
     public void Without_a_section_the_defaults_apply()

@@ -17,9 +17,14 @@ public readonly record struct AuditChainHead(long Sequence, byte[] Hash, long Re
 /// <summary>
 /// The audit writer: takes the recorder's queue off the call path, joins each forwarded call's decision with its
 /// completion, writes one redacted, hash-chained JSON line per decision, and ships the lines in batches to every sink.
-/// Runs as one background loop; the calls never wait for it.
+/// Runs on a thread of its own; the calls never wait for it, except an answer under <c>durability: before_answer</c>,
+/// which waits for its record's batch (<see cref="WhenWrittenAsync"/>).
 /// </summary>
 /// <remarks>
+/// The writer sleeps when the queue is empty, until its flush interval passes or a producer wakes it: about once a
+/// batch's worth of records (<c>batched</c>), or at each record an answer waits for (<c>before_answer</c>: group
+/// commit, whatever arrived while the last batch was written goes into the next). After a full batch it goes on at
+/// once, so it keeps up with bursts instead of sleeping through them.
 /// Every run starts with an <c>audit_start</c> event and ends with <c>audit_stop</c>. Losses are written into the
 /// trail itself: <c>audit_gap</c> (records dropped because the queue was full) and <c>audit_sink_failure</c> (a sink
 /// that could neither deliver nor keep a batch). On shutdown the queue is drained, calls still in flight are written
@@ -39,7 +44,12 @@ public sealed class AuditPipeline : IAsyncDisposable
     private readonly ArrayBufferWriter<byte> _batch = new(64 * 1024);
     private readonly Utf8JsonWriter _json;
     private readonly List<(string Sink, string Events, string Error)> _failedBatches = [];
-    private readonly CancellationTokenSource _stop = new();
+    private readonly AuditWriterSignal _signal = new();
+    private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly bool _beforeAnswer;
+    private volatile bool _stopping;
+    private long _writtenPosition; // every queue record before this position is in a batch every sink has taken
+    private TaskCompletionSource? _nextWrite; // completed (and replaced) after each batch, for the answers waiting on one
     private readonly byte[] _prev;
     private readonly string _source;
     private readonly long _recoveredBytes;
@@ -50,10 +60,12 @@ public sealed class AuditPipeline : IAsyncDisposable
     private long _batchFirst;
     private int _batchCount;
     private long _droppedSeen;
+    private long _shedSeen;
+    private long _shedLogged;
     private long _orphans;
     private long _written;
     private long _sinkFailures;
-    private Task? _loop;
+    private Thread? _thread;
     private DateTime _anchorUtc = DateTime.UtcNow;
     private long _anchorTimestamp = Stopwatch.GetTimestamp();
     private int _disposed;
@@ -68,7 +80,10 @@ public sealed class AuditPipeline : IAsyncDisposable
         _chain = new AuditChain(config.HmacKey is null ? null : Encoding.UTF8.GetBytes(config.HmacKey));
         _redactor = new AuditRedactor(config.RedactKeys, config.MaxStringLength);
         _queue = new AuditQueue(config.BufferEvents, AuditRecorder.MaxToolBytes + AuditRecorder.MaxIdBytes + config.MaxArgumentBytes);
-        Recorder = new AuditRecorder(_queue);
+        _beforeAnswer = config.Durability == AuditDurability.BeforeAnswer;
+        Recorder = new AuditRecorder(_queue, _signal, config.OnFull, config.Durability, config.BatchEvents,
+            (int)Math.Clamp(Math.Ceiling(config.FlushInterval.TotalMilliseconds), 1, 60_000));
+        Recorder.Writer = this;
         _pendingTimeoutTicks = (long)(pendingTimeout.TotalSeconds * Stopwatch.Frequency);
         _sequence = head.Sequence;
         _startSequence = head.Sequence;
@@ -93,43 +108,92 @@ public sealed class AuditPipeline : IAsyncDisposable
 
     public IReadOnlyList<IAuditSink> Sinks => _sinks;
 
+    /// <summary>Queue records written so far: every record before this position is in a batch every sink took.</summary>
+    internal long WrittenPosition => Volatile.Read(ref _writtenPosition);
+
     /// <summary>Writes <c>audit_start</c> and starts the background writer.</summary>
     public void Start()
     {
-        if (_loop is not null)
+        if (_thread is not null)
         {
             return;
         }
         // audit_start is written by the writer itself: hashing loads the crypto library, which need not delay start-up.
-        _loop = Task.Run(RunAsync);
+        // A thread of its own: its file writes block, and it must not wait behind a busy thread pool.
+        _thread = new Thread(Run) { IsBackground = true, Name = "sidecar-audit-writer" };
+        _thread.Start();
     }
 
-    private async Task RunAsync()
+    private void Run()
     {
         try
         {
             WriteLifecycle("audit_start");
-            while (!_stop.IsCancellationRequested)
+            while (!_stopping)
             {
                 var drained = Drain();
-                await ShipAsync(CancellationToken.None).ConfigureAwait(false);
-                if (drained < _config.BatchEvents)
+                Ship();
+                if (drained >= _config.BatchEvents || (_beforeAnswer && drained > 0))
                 {
-                    try
-                    {
-                        await Task.Delay(_config.FlushInterval, _stop.Token).ConfigureAwait(false);
-                    }
-                    catch (OperationCanceledException)
-                    {
-                        // Stopping: the final drain runs in DisposeAsync.
-                    }
+                    continue; // a full batch (more is waiting), or answers are waiting: go on at once
                 }
+                _signal.PrepareWait();
+                if (_stopping || (_queue.TryPeek(out _) && (_beforeAnswer || _queue.Count >= _config.BatchEvents)))
+                {
+                    _signal.CancelWait();
+                    continue;
+                }
+                _signal.Wait(_config.FlushInterval);
             }
         }
         catch (Exception ex)
         {
             _logger.LogCritical(ex, "The audit writer failed; decisions are no longer being recorded");
+            ReleaseWaiters(long.MaxValue); // answers waiting for their records must not hang
         }
+        finally
+        {
+            _stopped.TrySetResult();
+        }
+    }
+
+    /// <summary>
+    /// Completes once the record with <paramref name="ticket"/> (from <see cref="AuditRecorder"/>; 0 = none) is in a
+    /// batch every sink has taken (written to the OS by the file sink). Completes at once for 0 and for records
+    /// already written; waiting allocates nothing per call beyond the continuation's place in the batch's list.
+    /// </summary>
+    public ValueTask WhenWrittenAsync(long ticket)
+        => ticket <= Volatile.Read(ref _writtenPosition) ? ValueTask.CompletedTask : WaitWrittenAsync(ticket);
+
+    private async ValueTask WaitWrittenAsync(long ticket)
+    {
+        while (true)
+        {
+            var next = Volatile.Read(ref _nextWrite);
+            if (next is null)
+            {
+                var created = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                next = Interlocked.CompareExchange(ref _nextWrite, created, null) ?? created;
+            }
+            // Looked at again after the wait object is in place: the writer moves the position first, then completes
+            // whatever wait object it finds.
+            if (ticket <= Volatile.Read(ref _writtenPosition))
+            {
+                return;
+            }
+            await next.Task.ConfigureAwait(false);
+            if (ticket <= Volatile.Read(ref _writtenPosition))
+            {
+                return;
+            }
+        }
+    }
+
+    /// <summary>After a batch: everything before <paramref name="position"/> is written; wakes the answers waiting for it.</summary>
+    private void ReleaseWaiters(long position)
+    {
+        Volatile.Write(ref _writtenPosition, position);
+        Interlocked.Exchange(ref _nextWrite, null)?.TrySetResult();
     }
 
     /// <summary>Moves queued records into the batch; returns how many records it took.</summary>
@@ -139,6 +203,7 @@ public sealed class AuditPipeline : IAsyncDisposable
         _anchorUtc = DateTime.UtcNow;
         _anchorTimestamp = Stopwatch.GetTimestamp();
         NoteDrops();
+        NoteShed();
         var taken = 0;
         while (taken < _config.BatchEvents && _queue.TryPeek(out var position))
         {
@@ -151,12 +216,15 @@ public sealed class AuditPipeline : IAsyncDisposable
                     break;
                 case AuditRecordKind.Decision:
                     var used = entry.ToolLength + entry.IdLength + entry.ArgumentsLength;
-                    _pending[entry.CallId] = new PendingCall(entry, buffer[..used].ToArray());
+                    var bytes = ArrayPool<byte>.Shared.Rent(Math.Max(used, 1));
+                    buffer[..used].CopyTo(bytes);
+                    _pending[entry.CallId] = new PendingCall(entry, bytes);
                     break;
                 case AuditRecordKind.Completion:
                     if (_pending.Remove(entry.CallId, out var call))
                     {
                         WriteCall(call.Entry, call.Bytes, entry.Outcome, entry.ErrorCode, entry.Timestamp - call.Entry.Timestamp);
+                        ArrayPool<byte>.Shared.Return(call.Bytes);
                     }
                     else
                     {
@@ -195,7 +263,22 @@ public sealed class AuditPipeline : IAsyncDisposable
         {
             _pending.Remove(id, out var call);
             WriteCall(call.Entry, call.Bytes, AuditOutcome.Unknown, 0, -1);
+            ArrayPool<byte>.Shared.Return(call.Bytes);
         }
+    }
+
+    /// <summary>Logs the calls refused for lack of room (<c>onFull: shed</c>), at most once a second.</summary>
+    private void NoteShed()
+    {
+        var shed = Recorder.Shed;
+        if (shed == _shedSeen || Environment.TickCount64 - _shedLogged < 1000)
+        {
+            return;
+        }
+        _logger.LogWarning("The audit queue was full: refused {Count} calls with -32015 audit_backlog ({Total} in total; audit.onFull: shed); nothing unrecorded was forwarded",
+            shed - _shedSeen, shed);
+        _shedSeen = shed;
+        _shedLogged = Environment.TickCount64;
     }
 
     private void NoteDrops()
@@ -245,7 +328,8 @@ public sealed class AuditPipeline : IAsyncDisposable
         {
             json.WriteNumber("remaining"u8, entry.Remaining);
         }
-        var arguments = bytes[(entry.ToolLength + entry.IdLength)..];
+        // Exactly the arguments' bytes: a blocked call's record is read in its slot, whose buffer goes on past them.
+        var arguments = bytes.Slice(entry.ToolLength + entry.IdLength, entry.ArgumentsLength);
         var complete = entry.ArgumentsLength == entry.ArgumentsTotalLength;
         if (_redactor.WriteArguments(json, arguments, complete))
         {
@@ -297,6 +381,7 @@ public sealed class AuditPipeline : IAsyncDisposable
         {
             _json.WriteNumber("events"u8, _sequence - _startSequence + 1); // this run's, this one included
             _json.WriteNumber("dropped"u8, Recorder.Dropped);
+            _json.WriteNumber("shed"u8, Recorder.Shed);
         }
         EndEvent();
     }
@@ -358,19 +443,40 @@ public sealed class AuditPipeline : IAsyncDisposable
         }
     }
 
-    /// <summary>Hands the batch to every sink, in order; a sink that fails is recorded in the next batch.</summary>
-    private async ValueTask ShipAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// Hands the batch to every sink, in order (a sink that fails is recorded in the next batch), then releases the
+    /// answers waiting for the records drained so far. Runs on the writer thread: a sink that does not complete at
+    /// once is waited for here.
+    /// </summary>
+    private void Ship()
     {
-        if (_batchCount == 0)
+        var drainedTo = _queue.DequeuePosition;
+        if (_batchCount > 0)
         {
-            return;
+            ShipBatch();
         }
+        if (drainedTo > Volatile.Read(ref _writtenPosition))
+        {
+            ReleaseWaiters(drainedTo);
+        }
+    }
+
+    private void ShipBatch()
+    {
         var batch = new AuditBatch(_batch.WrittenMemory, _batchCount, _batchFirst, _sequence);
         foreach (var sink in _sinks)
         {
             try
             {
-                await sink.WriteAsync(batch, cancellationToken).ConfigureAwait(false);
+                var write = sink.WriteAsync(batch, CancellationToken.None);
+                if (write.IsCompletedSuccessfully)
+                {
+                    write.GetAwaiter().GetResult();
+                }
+                else
+                {
+                    write.AsTask().GetAwaiter().GetResult();
+                }
             }
             catch (Exception ex) when (ex is not OperationCanceledException)
             {
@@ -405,21 +511,23 @@ public sealed class AuditPipeline : IAsyncDisposable
         {
             return;
         }
-        await _stop.CancelAsync().ConfigureAwait(false);
-        if (_loop is not null)
+        _stopping = true;
+        _signal.WakeAlways();
+        if (_thread is not null)
         {
-            await _loop.ConfigureAwait(false);
+            await _stopped.Task.ConfigureAwait(false);
         }
         while (Drain() > 0)
         {
-            await ShipAsync(CancellationToken.None).ConfigureAwait(false);
+            Ship();
         }
         ExpirePending(long.MaxValue);
-        if (_loop is not null)
+        if (_thread is not null)
         {
             WriteLifecycle("audit_stop");
         }
-        await ShipAsync(CancellationToken.None).ConfigureAwait(false);
+        Ship();
+        ReleaseWaiters(long.MaxValue);
 
         using var flush = new CancellationTokenSource(TimeSpan.FromSeconds(5));
         foreach (var sink in _sinks)
@@ -435,7 +543,7 @@ public sealed class AuditPipeline : IAsyncDisposable
             await sink.DisposeAsync().ConfigureAwait(false);
         }
         _json.Dispose();
-        _stop.Dispose();
+        _signal.Dispose();
     }
 
     private readonly record struct PendingCall(AuditEntry Entry, byte[] Bytes);

@@ -6,15 +6,21 @@ namespace Sidecar.Audit;
 /// <summary>
 /// A bounded multi-producer, single-consumer ring of <see cref="AuditEntry"/> (Vyukov's sequence-numbered slots): a
 /// producer claims a slot with one compare-and-swap, fills it and publishes it; nothing blocks and nothing is
-/// allocated once every slot has its byte buffer. When the ring is full, <see cref="TryClaim"/> fails at once: the
-/// caller counts the loss and the audit writer records it in the trail.
+/// allocated once every slot has its byte buffer. When the ring is full, <see cref="TryClaim"/> fails at once.
 /// </summary>
+/// <remarks>
+/// Places are counted in credits: a claim takes the credits for its own slot and for any record that must follow it
+/// (a forwarded call's decision takes two: one for itself and one for its completion, which then claims with none and
+/// always finds room). So once a call is forwarded, its completion can never be lost to a full ring; a call that can't
+/// get both places is refused before anything is forwarded. The consumer gives a credit back with each slot it frees.
+/// </remarks>
 internal sealed class AuditQueue
 {
     private readonly Slot[] _slots;
     private readonly int _mask;
     private readonly int _bufferBytes;
     private PaddedLong _enqueuePosition;
+    private PaddedLong _credits; // places taken: slots in use plus completions promised
     private long _dequeuePosition;
 
     public AuditQueue(int capacity, int bufferBytes)
@@ -38,11 +44,35 @@ internal sealed class AuditQueue
     /// <summary>Approximate number of queued entries.</summary>
     public int Count => (int)Math.Max(0, Volatile.Read(ref _enqueuePosition.Value) - Volatile.Read(ref _dequeuePosition));
 
+    /// <summary>Places taken: slots in use plus the completions promised to forwarded calls.</summary>
+    public long Credits => Volatile.Read(ref _credits.Value);
+
+    /// <summary>Claims a slot for a record that needs no later one.</summary>
+    public bool TryClaim(out long position, out Span<byte> buffer) => TryClaim(1, out position, out buffer);
+
     /// <summary>
-    /// Claims a slot. On success, fill <see cref="EntryAt"/> and <paramref name="buffer"/> (the slot's own, reused)
-    /// and call <see cref="Publish"/>; until then the consumer waits at that slot. False when the ring is full.
+    /// Claims a slot, taking <paramref name="credits"/> places (0 for a record whose place was promised by an earlier
+    /// claim). On success, fill <see cref="EntryAt"/> and <paramref name="buffer"/> (the slot's own, reused) and call
+    /// <see cref="Publish"/>; until then the consumer waits at that slot. False when there is no room.
     /// </summary>
-    public bool TryClaim(out long position, out Span<byte> buffer)
+    public bool TryClaim(int credits, out long position, out Span<byte> buffer)
+    {
+        if (credits > 0 && Interlocked.Add(ref _credits.Value, credits) > _slots.Length)
+        {
+            Interlocked.Add(ref _credits.Value, -credits);
+            position = -1;
+            buffer = default;
+            return false;
+        }
+        if (TryClaimSlot(out position, out buffer))
+        {
+            return true;
+        }
+        Interlocked.Add(ref _credits.Value, -credits);
+        return false;
+    }
+
+    private bool TryClaimSlot(out long position, out Span<byte> buffer)
     {
         var pos = Volatile.Read(ref _enqueuePosition.Value);
         while (true)
@@ -93,7 +123,11 @@ internal sealed class AuditQueue
         slot.Entry = default; // drop string references promptly
         _dequeuePosition = position + 1;
         Volatile.Write(ref slot.Sequence, position + _slots.Length);
+        Interlocked.Decrement(ref _credits.Value);
     }
+
+    /// <summary>Single consumer: the position of the next entry to be read (every earlier one has been released).</summary>
+    public long DequeuePosition => Volatile.Read(ref _dequeuePosition);
 
     private struct Slot
     {

@@ -32,9 +32,38 @@ public sealed record AuditConfig(
 
     public static AuditConfig Disabled { get; } = Default with { Enabled = false, File = null };
 
+    /// <summary>What happens to a call whose record cannot be queued (<c>onFull</c>): refused (default) or forwarded unrecorded.</summary>
+    public AuditOverflow OnFull { get; init; } = AuditOverflow.Shed;
+
+    /// <summary>When an answer may reach the agent relative to its record (<c>durability</c>).</summary>
+    public AuditDurability Durability { get; init; } = AuditDurability.Batched;
+
     /// <summary>Never prints the HMAC key or HTTP headers.</summary>
     public override string ToString()
         => Enabled ? $"audit: file={File?.Path ?? "-"} stdout={Stdout} http={Http?.Url.GetLeftPart(UriPartial.Path) ?? "-"}" : "audit: off";
+}
+
+/// <summary><c>audit.onFull</c>: what a call gets when the audit queue has no room for its record.</summary>
+public enum AuditOverflow : byte
+{
+    /// <summary><c>"shed"</c>: the call is refused with -32015 (<c>audit_backlog</c>) before anything is forwarded.</summary>
+    Shed,
+
+    /// <summary><c>"drop"</c>: the call goes on unrecorded; the loss is counted and written as an <c>audit_gap</c> event.</summary>
+    Drop,
+}
+
+/// <summary><c>audit.durability</c>: whether an answer waits for its record to be written.</summary>
+public enum AuditDurability : byte
+{
+    /// <summary><c>"batched"</c>: records are written in batches, at most <c>flushInterval</c> behind the answers.</summary>
+    Batched,
+
+    /// <summary>
+    /// <c>"before_answer"</c>: group commit. A call's answer (or a blocked call's error) is released to the agent only
+    /// once the batch holding its record has been written to the OS by every sink.
+    /// </summary>
+    BeforeAnswer,
 }
 
 /// <summary>A JSONL file, rotated at <see cref="MaxBytes"/>, keeping <see cref="MaxFiles"/> rotated files.</summary>

@@ -9,7 +9,7 @@ namespace Sidecar.Configuration;
 /// </summary>
 internal static class AuditConfigReader
 {
-    private const string Fields = "enabled, file, stdout, http, bufferEvents, batchEvents, flushInterval, maxArgumentBytes, maxStringLength, redactKeys, hmacKey";
+    private const string Fields = "enabled, file, stdout, http, bufferEvents, batchEvents, flushInterval, onFull, durability, maxArgumentBytes, maxStringLength, redactKeys, hmacKey";
 
     public static AuditConfig Read(ConfigNode node, string baseDirectory, Func<string, string?> environment, DiagnosticBag diagnostics)
     {
@@ -56,6 +56,36 @@ internal static class AuditConfigReader
             else
             {
                 diagnostics.Add(flushNode, $"invalid flushInterval {PolicyConfigReader.Describe(flushNode)}; expected a duration from \"1ms\" to \"1m\"");
+            }
+        }
+        if (members.Take("onFull") is { } onFullNode)
+        {
+            switch (PolicyConfigReader.ReadString(onFullNode, diagnostics))
+            {
+                case "shed":
+                    audit = audit with { OnFull = AuditOverflow.Shed };
+                    break;
+                case "drop":
+                    audit = audit with { OnFull = AuditOverflow.Drop };
+                    break;
+                case { } other:
+                    diagnostics.Add(onFullNode, $"invalid onFull \"{other}\"; expected \"shed\" (refuse the call) or \"drop\" (forward it unrecorded)");
+                    break;
+            }
+        }
+        if (members.Take("durability") is { } durabilityNode)
+        {
+            switch (PolicyConfigReader.ReadString(durabilityNode, diagnostics))
+            {
+                case "batched":
+                    audit = audit with { Durability = AuditDurability.Batched };
+                    break;
+                case "before_answer":
+                    audit = audit with { Durability = AuditDurability.BeforeAnswer };
+                    break;
+                case { } other:
+                    diagnostics.Add(durabilityNode, $"invalid durability \"{other}\"; expected \"batched\" or \"before_answer\"");
+                    break;
             }
         }
         if (members.Take("redactKeys") is { } redactNode)

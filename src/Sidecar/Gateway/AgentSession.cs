@@ -117,10 +117,14 @@ internal sealed class AgentSession : IAsyncDisposable
         switch (scan.Method)
         {
             case McpMethod.ToolsCall:
-                if (ToolCallPolicy.Decide(_server, message, scan, new CallContext(null, null, Id), new ReadOnlySequence<byte>(rawId), out decision, out tool, out auditId))
+                switch (ToolCallPolicy.Decide(_server, message, scan, new CallContext(null, null, Id), new ReadOnlySequence<byte>(rawId), out decision, out tool, out auditId, out var ticket))
                 {
-                    sink.TryWrite(JsonRpcResponses.Blocked(rawId, _server.Name, tool!, decision, _server.Options.BlockedCalls == Configuration.BlockedCallStyle.ToolResult), true);
-                    return true;
+                    case ToolCallVerdict.Blocked:
+                        sink.TryWrite(JsonRpcResponses.Blocked(rawId, _server.Name, tool!, decision, _server.Options.BlockedCalls == Configuration.BlockedCallStyle.ToolResult), true, ticket);
+                        return true;
+                    case ToolCallVerdict.AuditBacklog:
+                        sink.TryWrite(JsonRpcResponses.AuditBacklog(rawId, _server.Name, tool!, _server.Audit.RetryAfterMs), true);
+                        return true;
                 }
                 hasDecision = true;
                 break;
@@ -143,8 +147,8 @@ internal sealed class AgentSession : IAsyncDisposable
         };
         if (!_pending.TryAdd(key, pending))
         {
-            Settle(pending, AuditOutcome.Error, ErrorCodes.InvalidRequest);
-            sink.TryWrite(JsonRpcResponses.Error(rawId, ErrorCodes.InvalidRequest, "Invalid Request: a request with this id is already in flight"), true);
+            var ticket = Settle(pending, AuditOutcome.Error, ErrorCodes.InvalidRequest);
+            sink.TryWrite(JsonRpcResponses.Error(rawId, ErrorCodes.InvalidRequest, "Invalid Request: a request with this id is already in flight"), true, ticket);
             return true;
         }
 
@@ -355,6 +359,7 @@ internal sealed class AgentSession : IAsyncDisposable
             internalRequest.TrySetResult(payload);
             return;
         }
+        long ticket = 0;
         if (pending.HasDecision)
         {
             var outcome = AuditResponses.Classify(payload.Span, scan.Kind, out var errorCode);
@@ -362,7 +367,7 @@ internal sealed class AgentSession : IAsyncDisposable
             {
                 Refund(pending);
             }
-            _server.Audit.RecordCompletion(pending.AuditId, outcome, errorCode);
+            ticket = _server.Audit.RecordCompletion(pending.AuditId, outcome, errorCode);
         }
 
         var span = payload.Span;
@@ -390,7 +395,7 @@ internal sealed class AgentSession : IAsyncDisposable
         {
             response = JsonRpcResponses.ReplaceId(span, scan.Id.Start, scan.Id.Length, pending.RawId);
         }
-        pending.Sink.TryWrite(response, true);
+        pending.Sink.TryWrite(response, true, ticket);
     }
 
     /// <summary>
@@ -468,9 +473,9 @@ internal sealed class AgentSession : IAsyncDisposable
                     pending.Internal?.TrySetException(new UpstreamException("the upstream did not answer initialize in time"));
                     if (pending.Internal is null)
                     {
-                        _server.Audit.RecordCompletion(pending.AuditId, AuditOutcome.Timeout, ErrorCodes.UpstreamTimeout);
+                        var ticket = _server.Audit.RecordCompletion(pending.AuditId, AuditOutcome.Timeout, ErrorCodes.UpstreamTimeout);
                         pending.Sink.TryWrite(JsonRpcResponses.Error(pending.RawId, ErrorCodes.UpstreamTimeout,
-                            $"Upstream server \"{_server.Name}\" did not answer within {_server.Options.Limits.UpstreamTimeout.TotalSeconds:0.###} s"), true);
+                            $"Upstream server \"{_server.Name}\" did not answer within {_server.Options.Limits.UpstreamTimeout.TotalSeconds:0.###} s"), true, ticket);
                         _ = CancelUpstreamAsync(pending.RawId, "timed out at the gateway");
                     }
                 }
@@ -542,8 +547,8 @@ internal sealed class AgentSession : IAsyncDisposable
             internalRequest.TrySetException(new UpstreamException(message));
             return;
         }
-        Settle(pending, outcome, code);
-        pending.Sink.TryWrite(JsonRpcResponses.Error(pending.RawId, code, message), true);
+        var ticket = Settle(pending, outcome, code);
+        pending.Sink.TryWrite(JsonRpcResponses.Error(pending.RawId, code, message), true, ticket);
     }
 
     private void Refund(PendingRequest pending)
@@ -554,14 +559,18 @@ internal sealed class AgentSession : IAsyncDisposable
         }
     }
 
-    /// <summary>A forwarded call that will get no upstream answer: its tokens go back and the audit trail learns how it ended.</summary>
-    private void Settle(PendingRequest pending, AuditOutcome outcome, int code)
+    /// <summary>
+    /// A forwarded call that will get no upstream answer: its tokens go back and the audit trail learns how it ended.
+    /// Returns the audit ticket the gateway's answer for it waits for.
+    /// </summary>
+    private long Settle(PendingRequest pending, AuditOutcome outcome, int code)
     {
-        if (pending.HasDecision)
+        if (!pending.HasDecision)
         {
-            Refund(pending);
-            _server.Audit.RecordCompletion(pending.AuditId, outcome, code);
+            return 0;
         }
+        Refund(pending);
+        return _server.Audit.RecordCompletion(pending.AuditId, outcome, code);
     }
 
     public async ValueTask DisposeAsync()

@@ -55,6 +55,33 @@ internal static class JsonRpcResponses
         return buffer.WrittenSpan.ToArray();
     }
 
+    /// <summary>
+    /// The answer to a <c>tools/call</c> refused because its audit record found no room (<c>audit.onFull: shed</c>):
+    /// -32015 with <c>error.data</c> = <c>{"tool","server","reason":"audit_backlog","retryAfterMs"}</c>. Nothing was forwarded.
+    /// </summary>
+    public static byte[] AuditBacklog(ReadOnlySpan<byte> rawId, string server, string tool, int retryAfterMs)
+    {
+        var buffer = new ArrayBufferWriter<byte>(384);
+        using (var writer = new Utf8JsonWriter(buffer, s_writerOptions))
+        {
+            writer.WriteStartObject();
+            writer.WriteString("jsonrpc"u8, "2.0"u8);
+            WriteId(writer, rawId);
+            writer.WriteStartObject("error"u8);
+            writer.WriteNumber("code"u8, ErrorCodes.Overloaded);
+            writer.WriteString("message"u8, $"Tool \"{tool}\" was not called: the audit trail is behind and no call goes unrecorded (audit.onFull: shed); retry in {retryAfterMs} ms");
+            writer.WriteStartObject("data"u8);
+            writer.WriteString("tool"u8, tool);
+            writer.WriteString("server"u8, server);
+            writer.WriteString("reason"u8, "audit_backlog"u8);
+            writer.WriteNumber("retryAfterMs"u8, retryAfterMs);
+            writer.WriteEndObject();
+            writer.WriteEndObject();
+            writer.WriteEndObject();
+        }
+        return buffer.WrittenSpan.ToArray();
+    }
+
     /// <summary>The answer to a blocked <c>tools/call</c>: a JSON-RPC error with <c>error.data</c>, or an <c>isError</c> tool result.</summary>
     public static byte[] Blocked(ReadOnlySpan<byte> rawId, string server, string tool, in Decision decision, bool asToolResult)
     {

@@ -62,12 +62,19 @@ internal sealed partial class McpEndpoints
         long auditId = 0;
         if (scan.Method == McpMethod.ToolsCall)
         {
-            if (ToolCallPolicy.Decide(server, body, scan, default, rawIdToken, out decision, out var tool, out auditId))
+            switch (ToolCallPolicy.Decide(server, body, scan, default, rawIdToken, out decision, out var tool, out auditId, out var ticket))
             {
-                // A denial is an answer, not a transport failure: HTTP 200 with the JSON-RPC error.
-                var asResult = server.Options.BlockedCalls == Configuration.BlockedCallStyle.ToolResult;
-                await WriteJsonAsync(context, StatusCodes.Status200OK, JsonRpcResponses.Blocked(rawIdToken.ToArray(), server.Name, tool!, decision, asResult)).ConfigureAwait(false);
-                return;
+                case ToolCallVerdict.Blocked:
+                    // A denial is an answer, not a transport failure: HTTP 200 with the JSON-RPC error.
+                    var asResult = server.Options.BlockedCalls == Configuration.BlockedCallStyle.ToolResult;
+                    var blocked = JsonRpcResponses.Blocked(rawIdToken.ToArray(), server.Name, tool!, decision, asResult);
+                    await server.Audit.WhenWrittenAsync(ticket).ConfigureAwait(false);
+                    await WriteJsonAsync(context, StatusCodes.Status200OK, blocked).ConfigureAwait(false);
+                    return;
+                case ToolCallVerdict.AuditBacklog:
+                    await WriteJsonAsync(context, StatusCodes.Status200OK,
+                        JsonRpcResponses.AuditBacklog(rawIdToken.ToArray(), server.Name, tool!, server.Audit.RetryAfterMs)).ConfigureAwait(false);
+                    return;
             }
             decided = true;
         }
@@ -79,11 +86,13 @@ internal sealed partial class McpEndpoints
         }
         catch (UpstreamException ex)
         {
+            long ticket = 0;
             if (decided)
             {
                 server.Engine.Refund(ref decision);
-                server.Audit.RecordCompletion(auditId, AuditOutcome.Unavailable, ErrorCodes.UpstreamUnavailable);
+                ticket = server.Audit.RecordCompletion(auditId, AuditOutcome.Unavailable, ErrorCodes.UpstreamUnavailable);
             }
+            await server.Audit.WhenWrittenAsync(ticket).ConfigureAwait(false);
             await WriteJsonAsync(context, StatusCodes.Status502BadGateway,
                 JsonRpcResponses.Error(rawIdToken.ToArray(), ErrorCodes.UpstreamUnavailable, $"Upstream server \"{server.Name}\" is unavailable: {ex.Message}")).ConfigureAwait(false);
             return;
@@ -102,11 +111,12 @@ internal sealed partial class McpEndpoints
             {
                 while (await exchange.ReadAsync(context.RequestAborted).ConfigureAwait(false) is { } message)
                 {
-                    var outgoing = ReviewStatelessMessage(server, message, rawIdToken, scan.Method, decided, ref decision, ref auditId);
+                    var outgoing = ReviewStatelessMessage(server, message, rawIdToken, scan.Method, decided, ref decision, ref auditId, out var ticket);
                     if (outgoing is null)
                     {
                         continue;
                     }
+                    await server.Audit.WhenWrittenAsync(ticket).ConfigureAwait(false);
                     if (exchange.IsEventStream)
                     {
                         SseWriter.WriteEvent(response.BodyWriter, "message"u8, outgoing.Value.Span);
@@ -135,8 +145,9 @@ internal sealed partial class McpEndpoints
     /// filtered through the policy, a failed <c>tools/call</c> gives its tokens back.
     /// </summary>
     private ReadOnlyMemory<byte>? ReviewStatelessMessage(ServerRuntime server, ReadOnlyMemory<byte> message, ReadOnlySequence<byte> rawIdToken, McpMethod method,
-        bool decided, ref Decision decision, ref long auditId)
+        bool decided, ref Decision decision, ref long auditId, out long ticket)
     {
+        ticket = 0;
         if (JsonRpcScanner.Scan(message.Span, out var scan, gateway.Options.Scanner) != ScanStatus.Ok)
         {
             logger.LogWarning("Dropped an invalid message from upstream {Server}: {Error}", server.Name, scan.Error);
@@ -148,7 +159,7 @@ internal sealed partial class McpEndpoints
         }
         if (decided && scan.Kind is JsonRpcMessageKind.Response or JsonRpcMessageKind.ErrorResponse)
         {
-            server.Audit.RecordCompletion(auditId, AuditResponses.Classify(message.Span, scan.Kind, out var errorCode), errorCode);
+            ticket = server.Audit.RecordCompletion(auditId, AuditResponses.Classify(message.Span, scan.Kind, out var errorCode), errorCode);
             auditId = 0;
         }
         if (scan.Kind == JsonRpcMessageKind.Response && method == McpMethod.ToolsList)

@@ -304,7 +304,7 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
         }
         try
         {
-            await StreamAsync(context, sink, endpointEvent: null).ConfigureAwait(false);
+            await StreamAsync(context, sink, endpointEvent: null, server.Audit).ConfigureAwait(false);
         }
         finally
         {
@@ -365,7 +365,7 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
         try
         {
             var endpoint = $"{context.Request.PathBase}/servers/{server.Name}/message?sessionId={session.Id}";
-            await StreamAsync(context, sink, Encoding.UTF8.GetBytes(endpoint)).ConfigureAwait(false);
+            await StreamAsync(context, sink, Encoding.UTF8.GetBytes(endpoint), server.Audit).ConfigureAwait(false);
         }
         finally
         {
@@ -473,6 +473,7 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
         var first = default(ReadOnlyMemory<byte>);
         var responses = isBatch ? new List<ReadOnlyMemory<byte>>(expected) : null;
         var received = 0;
+        long ticket = 0; // the newest audit record the answers wait for: records are written in order
         try
         {
             while (received < expected && await sink.WaitToReadAsync(context.RequestAborted).ConfigureAwait(false))
@@ -486,6 +487,7 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
                             first = message.Payload;
                         }
                         responses?.Add(message.Payload);
+                        ticket = Math.Max(ticket, message.AuditTicket);
                     }
                 }
             }
@@ -495,6 +497,7 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
             session.Abandon(sink);
             return false;
         }
+        await session.Server.Audit.WhenWrittenAsync(ticket).ConfigureAwait(false);
 
         var response = context.Response;
         var initialized = isInitialize && received > 0 && JsonRpcScanner.Scan(first.Span, out var scan) == ScanStatus.Ok && scan.Kind == JsonRpcMessageKind.Response;
@@ -563,6 +566,10 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
             {
                 while (received < expected && sink.TryRead(out var message))
                 {
+                    if (message.AuditTicket != 0)
+                    {
+                        await session.Server.Audit.WhenWrittenAsync(message.AuditTicket).ConfigureAwait(false);
+                    }
                     if (!streaming)
                     {
                         if (jsonIfAnsweredFirst && message.IsResponse && expected == 1)
@@ -601,7 +608,7 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
     }
 
     /// <summary>A long-lived SSE stream (GET stream or legacy SSE) with keep-alive comments, until the agent leaves or the session ends.</summary>
-    private static async Task StreamAsync(HttpContext context, MessageSink sink, byte[]? endpointEvent)
+    private static async Task StreamAsync(HttpContext context, MessageSink sink, byte[]? endpointEvent, Audit.AuditRecorder audit)
     {
         var response = context.Response;
         StartEventStream(response);
@@ -642,6 +649,10 @@ internal sealed partial class McpEndpoints(Gateway gateway, ILogger logger)
                 }
                 while (sink.TryRead(out var message))
                 {
+                    if (message.AuditTicket != 0)
+                    {
+                        await audit.WhenWrittenAsync(message.AuditTicket).ConfigureAwait(false);
+                    }
                     SseWriter.WriteEvent(writer, "message"u8, message.Payload.Span);
                 }
                 await writer.FlushAsync(aborted).ConfigureAwait(false);

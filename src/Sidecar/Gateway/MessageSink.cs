@@ -4,8 +4,12 @@ using Sidecar.Threading;
 
 namespace Sidecar.Gateway;
 
-/// <summary>One message on its way to the agent. <see cref="IsResponse"/> marks the answer to one of the agent's requests.</summary>
-internal readonly record struct Outbound(ReadOnlyMemory<byte> Payload, bool IsResponse);
+/// <summary>
+/// One message on its way to the agent. <see cref="IsResponse"/> marks the answer to one of the agent's requests;
+/// <see cref="AuditTicket"/> (not 0) says it may be written only once its audit record is (<c>durability: before_answer</c>,
+/// <see cref="Audit.AuditRecorder.WhenWrittenAsync"/>).
+/// </summary>
+internal readonly record struct Outbound(ReadOnlyMemory<byte> Payload, bool IsResponse, long AuditTicket = 0);
 
 /// <summary>
 /// Where messages for the agent go: the response of one POST (JSON or SSE), the session's standalone GET stream, or
@@ -53,8 +57,11 @@ internal sealed class MessageSink : IValueTaskSource<bool>
 
     public long Dropped => Interlocked.Read(ref _dropped);
 
-    /// <summary>Queues a message for the agent. False once the sink is complete (the stream it fed has ended).</summary>
-    public bool TryWrite(ReadOnlyMemory<byte> payload, bool isResponse)
+    /// <summary>
+    /// Queues a message for the agent. False once the sink is complete (the stream it fed has ended). The reader holds
+    /// a message with an <paramref name="auditTicket"/> back until its audit record is written.
+    /// </summary>
+    public bool TryWrite(ReadOnlyMemory<byte> payload, bool isResponse, long auditTicket = 0)
     {
         if (Volatile.Read(ref _completed) != 0)
         {
@@ -62,13 +69,13 @@ internal sealed class MessageSink : IValueTaskSource<bool>
         }
         if (Volatile.Read(ref _slotState) == SlotEmpty && Interlocked.CompareExchange(ref _slotState, SlotWriting, SlotEmpty) == SlotEmpty)
         {
-            _slot = new Outbound(payload, isResponse);
+            _slot = new Outbound(payload, isResponse, auditTicket);
             Interlocked.Exchange(ref _slotState, SlotFull);
         }
         else
         {
             var queue = Volatile.Read(ref _queue) ?? CreateQueue();
-            queue.Enqueue(new Outbound(payload, isResponse));
+            queue.Enqueue(new Outbound(payload, isResponse, auditTicket));
             if (Interlocked.Increment(ref _queued) > Capacity && queue.TryDequeue(out _))
             {
                 Interlocked.Decrement(ref _queued);

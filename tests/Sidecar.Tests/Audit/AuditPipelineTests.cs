@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Text;
 using System.Text.Json;
 using Sidecar.Audit;
+using Sidecar.Configuration;
 using Sidecar.Decisions;
 
 namespace Sidecar.Tests.Audit;
@@ -100,7 +101,7 @@ public sealed class AuditPipelineTests
     public async Task A_full_queue_drops_records_and_the_trail_says_how_many()
     {
         var sink = new MemorySink();
-        var pipeline = AuditTest.Pipeline(sink, AuditTest.Config(buffer: 64));
+        var pipeline = AuditTest.Pipeline(sink, AuditTest.Config(buffer: 64) with { OnFull = AuditOverflow.Drop });
         // Not started: nothing drains, so the 65th record onwards find the queue full.
         for (var i = 0; i < 100; i++)
         {
@@ -132,6 +133,27 @@ public sealed class AuditPipelineTests
         Assert.StartsWith("1..", failure.GetProperty("events").GetString(), StringComparison.Ordinal);
         Assert.Single(Calls(good));
         Assert.True(pipeline.SinkFailures >= 1);
+    }
+
+    [Fact]
+    public async Task A_blocked_call_without_arguments_is_written_with_empty_arguments_and_the_writer_goes_on()
+    {
+        var sink = new MemorySink();
+        var pipeline = AuditTest.Pipeline(sink);
+        pipeline.Start();
+        // A longer record first, so the slot buffers hold old bytes past the next records' own.
+        AuditTest.Record(pipeline.Recorder, "echo", """{"message":"a much longer argument than none at all"}""", AuditTest.Decision(DecisionOutcome.Deny), forwarded: false);
+        await WaitAsync(() => Calls(sink).Count == 1);
+        for (var i = 0; i < 1000; i++) // fewer than the queue holds (1024)
+        {
+            pipeline.Recorder.RecordDecision("srv", new CallContext(null, null, "s1"), "get-env", "2"u8, default,
+                AuditTest.Decision(DecisionOutcome.Deny), forwarded: false);
+        }
+        await pipeline.DisposeAsync();
+        var calls = Calls(sink);
+        Assert.Equal(1001, calls.Count);
+        Assert.All(calls.Skip(1), c => Assert.Equal(JsonValueKind.Object, c.GetProperty("arguments").ValueKind));
+        Assert.Equal("{}", calls[^1].GetProperty("arguments").GetRawText());
     }
 
     [Fact]

@@ -79,6 +79,43 @@ public sealed class AuditChain
     }
 
     /// <summary>
+    /// Reads an event's <c>type</c> (the first top-level <c>"type"</c> string) from a whole line. False when there is
+    /// none or the line is not JSON.
+    /// </summary>
+    public static bool TryReadType(ReadOnlySpan<byte> line, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out string? type)
+    {
+        type = null;
+        var reader = new Utf8JsonReader(line);
+        try
+        {
+            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+            {
+                return false;
+            }
+            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+            {
+                var isType = reader.ValueTextEquals("type"u8);
+                reader.Read();
+                if (isType)
+                {
+                    if (reader.TokenType != JsonTokenType.String)
+                    {
+                        return false;
+                    }
+                    type = reader.GetString()!;
+                    return true;
+                }
+                reader.Skip();
+            }
+            return false;
+        }
+        catch (JsonException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>
     /// Splits a line (without its newline) into the event it hashes and the hash it claims. The event is rebuilt into
     /// <paramref name="eventJson"/> (the line minus the hash field). False when the line has no trailing hash field.
     /// </summary>

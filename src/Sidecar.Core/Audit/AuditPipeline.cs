@@ -8,12 +8,6 @@ using Sidecar.Decisions;
 
 namespace Sidecar.Audit;
 
-/// <summary>Where a chain continues from: the last event a previous run wrote (from the audit file).</summary>
-public readonly record struct AuditChainHead(long Sequence, byte[] Hash, long RecoveredBytes)
-{
-    public static AuditChainHead Empty => new(0, new byte[AuditChain.HashBytes], 0);
-}
-
 /// <summary>
 /// The audit writer: takes the recorder's queue off the call path, joins each forwarded call's decision with its
 /// completion, writes one redacted, hash-chained JSON line per decision, and ships the lines in batches to every sink.
@@ -53,6 +47,7 @@ public sealed class AuditPipeline : IAsyncDisposable
     private readonly byte[] _prev;
     private readonly string _source;
     private readonly long _recoveredBytes;
+    private readonly long? _uncleanStopAfter; // the previous run's last sequence when it ended without audit_stop
     private readonly long _startSequence;
     private long _sequence;
     private readonly byte[] _random = new byte[4096];
@@ -89,6 +84,7 @@ public sealed class AuditPipeline : IAsyncDisposable
         _startSequence = head.Sequence;
         _prev = head.Hash.ToArray();
         _recoveredBytes = head.RecoveredBytes;
+        _uncleanStopAfter = head.UncleanStop ? head.Sequence : null;
         _json = new Utf8JsonWriter(_event, new JsonWriterOptions { Indented = false, SkipValidation = false });
     }
 
@@ -375,6 +371,11 @@ public sealed class AuditPipeline : IAsyncDisposable
             {
                 _json.WriteNumber("recoveredBytes"u8, _recoveredBytes);
                 _json.WriteString("recovered"u8, "an unterminated last line (the previous run stopped mid-write) was removed"u8);
+            }
+            if (_uncleanStopAfter is { } lastSequence)
+            {
+                _json.WriteBoolean("uncleanStop"u8, true);
+                _json.WriteNumber("lastSequence"u8, lastSequence);
             }
         }
         else

@@ -12,15 +12,25 @@ public sealed record AuditVerifyResult(
     long SinkFailures,
     string? Algorithm,
     IReadOnlyList<string> Problems,
-    IReadOnlyList<string> Notes)
+    IReadOnlyList<string> Notes,
+    IReadOnlyList<string> Warnings)
 {
     public bool Intact => Problems.Count == 0;
+
+    /// <summary>
+    /// Intact, and nothing is known to be missing: no warnings (a run that ended without <c>audit_stop</c>), no dropped
+    /// records (<c>audit_gap</c>) and no sink failures (<c>audit_sink_failure</c>). What <c>--strict</c> asks for.
+    /// </summary>
+    public bool Complete => Intact && Warnings.Count == 0 && Dropped == 0 && SinkFailures == 0;
 }
 
 /// <summary>
 /// Checks a trail (<c>sidecar audit verify</c>): every line's hash, every <c>prev</c> link, and consecutive sequence
 /// numbers, within and across files (ordered by their first sequence number). Reports the first problem of each file
 /// with file and line; a chain that starts after sequence 1 (older files rotated away) is a note, not a problem.
+/// Runs that ended without <c>audit_stop</c> (a crash, SIGKILL, out of memory) are warnings: an <c>audit_start</c>
+/// whose previous event is not <c>audit_stop</c> (or that says so itself, <c>uncleanStop</c>), and a trail whose last
+/// event is not <c>audit_stop</c>.
 /// </summary>
 public static class AuditVerifier
 {
@@ -29,6 +39,7 @@ public static class AuditVerifier
         var chain = new AuditChain(key);
         var problems = new List<string>();
         var notes = new List<string>();
+        var warnings = new List<string>();
         var ordered = new List<(long First, string File)>();
         foreach (var file in files)
         {
@@ -38,6 +49,7 @@ public static class AuditVerifier
 
         long events = 0, first = 0, last = 0, dropped = 0, sinkFailures = 0;
         string? algorithm = null;
+        string? lastType = null, lastWhere = null;
         byte[]? previousHash = null;
         var eventBuffer = new byte[64 * 1024];
         Span<byte> claimed = stackalloc byte[AuditChain.HashBytes];
@@ -117,8 +129,21 @@ public static class AuditVerifier
                         fileBroken = true;
                     }
                 }
+                if (fields.Type == "audit_start")
+                {
+                    if (previousHash is not null && lastType != "audit_stop")
+                    {
+                        warnings.Add($"{where}: seq {fields.Sequence}: audit_start follows seq {last} ({lastType}), not audit_stop: the run before ended without shutting down (crash, SIGKILL, out of memory); its last batch may be lost");
+                    }
+                    else if (fields.UncleanStop)
+                    {
+                        warnings.Add($"{where}: seq {fields.Sequence}: audit_start says the run before ended without audit_stop (last seq {fields.LastSequence}): it did not shut down (crash, SIGKILL, out of memory); its last batch may be lost");
+                    }
+                }
                 previousHash = claimed.ToArray();
                 last = fields.Sequence;
+                lastType = fields.Type;
+                lastWhere = where;
                 events++;
                 if (fields.Type == "audit_gap")
                 {
@@ -136,16 +161,20 @@ public static class AuditVerifier
         {
             problems.Add("no audit events found");
         }
+        if (events > 0 && lastType != "audit_stop")
+        {
+            warnings.Add($"{lastWhere}: the trail ends without audit_stop at seq {last}: the gateway is still running, or it died without shutting down; its last batch may be lost");
+        }
         return Result();
 
-        AuditVerifyResult Result() => new(ordered.Count, events, first, last, dropped, sinkFailures, algorithm, problems, notes);
+        AuditVerifyResult Result() => new(ordered.Count, events, first, last, dropped, sinkFailures, algorithm, problems, notes, warnings);
     }
 
-    private record struct Fields(long Sequence, string? Type, byte[] Prev, string? Chain, long Dropped);
+    private record struct Fields(long Sequence, string? Type, byte[] Prev, string? Chain, long Dropped, bool UncleanStop, long LastSequence);
 
     private static bool TryReadFields(ReadOnlySpan<byte> eventJson, out Fields fields)
     {
-        fields = new Fields(0, null, [], null, 0);
+        fields = new Fields(0, null, [], null, 0, false, 0);
         var reader = new Utf8JsonReader(eventJson);
         try
         {
@@ -172,6 +201,12 @@ public static class AuditVerifier
                         break;
                     case "dropped" when reader.TokenType == JsonTokenType.Number:
                         fields.Dropped = reader.GetInt64();
+                        break;
+                    case "uncleanStop" when reader.TokenType is JsonTokenType.True or JsonTokenType.False:
+                        fields.UncleanStop = reader.GetBoolean();
+                        break;
+                    case "lastSequence" when reader.TokenType == JsonTokenType.Number:
+                        fields.LastSequence = reader.GetInt64();
                         break;
                     case "prev" when reader.TokenType == JsonTokenType.String:
                         fields.Prev = Convert.FromHexString(reader.GetString()!);

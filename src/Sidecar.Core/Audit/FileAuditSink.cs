@@ -8,7 +8,8 @@ namespace Sidecar.Audit;
 /// file is rotated (at a batch boundary) to <c>NAME.FIRST-LAST.jsonl</c> (the sequence numbers it holds) and the
 /// oldest rotated files beyond <c>maxFiles</c> are deleted. The file is held open exclusively for writing, so two
 /// gateways can't interleave one chain. On open, the last event's sequence and hash are read so the chain continues
-/// across restarts; an unterminated last line (a crash mid-write) is cut off and reported in <c>audit_start</c>.
+/// across restarts; an unterminated last line (a crash mid-write) is cut off and reported in <c>audit_start</c>, and
+/// a last event that is not <c>audit_stop</c> (the previous run never shut down) makes the head an unclean stop.
 /// </summary>
 public sealed class FileAuditSink : IAuditSink
 {
@@ -47,7 +48,8 @@ public sealed class FileAuditSink : IAuditSink
             if (Head.Sequence == 0 && NewestRotated() is { } rotated)
             {
                 using var previous = new FileStream(rotated, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-                Head = ReadHead(previous, out _) with { RecoveredBytes = Head.RecoveredBytes };
+                var rotatedHead = ReadHead(previous, out _);
+                Head = rotatedHead with { RecoveredBytes = Head.RecoveredBytes, UncleanStop = rotatedHead.UncleanStop || Head.UncleanStop };
             }
         }
         catch
@@ -159,8 +161,9 @@ public sealed class FileAuditSink : IAuditSink
         });
 
     /// <summary>
-    /// Reads the last complete line's <c>seq</c> and <c>hash</c>, cuts an unterminated tail, and leaves the stream
-    /// positioned at its end for appending.
+    /// Reads the last complete line's <c>seq</c>, <c>hash</c> and <c>type</c>, cuts an unterminated tail, and leaves
+    /// the stream positioned at its end for appending. The head is an unclean stop when a tail was cut or the last
+    /// event is not <c>audit_stop</c>.
     /// </summary>
     private static AuditChainHead ReadHead(FileStream stream, out long firstSequence)
     {
@@ -191,7 +194,7 @@ public sealed class FileAuditSink : IAuditSink
         stream.Position = stream.Length;
         if (end == 0)
         {
-            return AuditChainHead.Empty with { RecoveredBytes = recovered };
+            return AuditChainHead.Empty with { RecoveredBytes = recovered, UncleanStop = recovered > 0 };
         }
         var lineStart = Array.LastIndexOf(tail, (byte)'\n', end - 2) + 1;
         var line = tail.AsSpan(lineStart, end - 1 - lineStart);
@@ -204,7 +207,8 @@ public sealed class FileAuditSink : IAuditSink
             firstSequence = first;
         }
         stream.Position = stream.Length;
-        return new AuditChainHead(sequence, hash, recovered);
+        var stopped = AuditChain.TryReadType(line, out var type) && type == "audit_stop";
+        return new AuditChainHead(sequence, hash, recovered, UncleanStop: recovered > 0 || !stopped);
     }
 
     private static bool TryReadFirstSequence(FileStream stream, out long sequence)

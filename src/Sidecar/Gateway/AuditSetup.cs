@@ -31,6 +31,11 @@ internal static class AuditSetup
                 logger.LogWarning("The audit file {File} ended in an unterminated line ({Bytes} bytes, a crash mid-write): removed, noted in audit_start",
                     file.Path, head.RecoveredBytes);
             }
+            if (head.UncleanStop)
+            {
+                logger.LogWarning("The audit trail {File} ends without audit_stop (last seq {Sequence}): the previous run did not shut down (crash, kill, out of memory?); noted in audit_start",
+                    file.Path, head.Sequence);
+            }
         }
         if (audit.Stdout)
         {

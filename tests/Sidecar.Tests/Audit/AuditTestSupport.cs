@@ -66,6 +66,47 @@ internal static class AuditTest
     public static Decision Decision(DecisionOutcome outcome, string rule = "tools.echo", string reason = "because", bool enforced = true)
         => new() { Outcome = outcome, Enforced = enforced, Rule = rule, Reason = reason, RetryAfterMs = -1, Remaining = -1 };
 
+    /// <summary>
+    /// One gateway run on a real audit file (<see cref="FileAuditSink"/>): records <paramref name="calls"/> blocked
+    /// calls and shuts down cleanly. With <paramref name="crash"/>, the file is left as it was on disk before the
+    /// shutdown (no <c>audit_stop</c>), as a killed process would leave it.
+    /// </summary>
+    public static async Task RunFileAsync(string path, int calls, bool crash = false)
+    {
+        var sink = new FileAuditSink(new AuditFileConfig(path, AuditFileConfig.DefaultMaxBytes, 10), NullLogger.Instance);
+        var pipeline = new AuditPipeline(Config(), [sink], NullLogger.Instance, TimeSpan.FromMinutes(1), sink.Head, "test");
+        pipeline.Start();
+        for (var i = 0; i < calls; i++)
+        {
+            Record(pipeline.Recorder, "echo", $$"""{"i":{{i}}}""", Decision(DecisionOutcome.Deny), forwarded: false);
+        }
+        byte[]? onDisk = null;
+        if (crash)
+        {
+            var deadline = DateTime.UtcNow.AddSeconds(10);
+            while (pipeline.Written < calls + 1) // audit_start and the calls
+            {
+                Assert.True(DateTime.UtcNow < deadline, "timed out waiting for the audit writer");
+                await Task.Delay(10);
+            }
+            onDisk = ReadShared(path);
+        }
+        await pipeline.DisposeAsync();
+        if (onDisk is not null)
+        {
+            await File.WriteAllBytesAsync(path, onDisk);
+        }
+    }
+
+    /// <summary>A file's bytes, read while a writer may hold it open.</summary>
+    public static byte[] ReadShared(string path)
+    {
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        var bytes = new byte[stream.Length];
+        stream.ReadExactly(bytes);
+        return bytes;
+    }
+
     public static long Record(AuditRecorder recorder, string tool, string arguments, in Decision decision, bool forwarded, string id = "1", string session = "s1")
         => recorder.RecordDecision("srv", new CallContext(null, null, session), tool, Encoding.UTF8.GetBytes(id),
             new ReadOnlySequence<byte>(Encoding.UTF8.GetBytes(arguments)), decision, forwarded);

@@ -21,7 +21,15 @@ public sealed class AuditChain
 
     private readonly byte[]? _key;
 
-    public AuditChain(byte[]? key) => _key = key is { Length: > 0 } ? key : null;
+    // One hash object reused for every event: SHA256.HashData sets up a new OpenSSL context per call, which cost more
+    // than hashing a whole event line (~1.7 µs against ~0.4 µs). Not thread-safe: a chain has one writer.
+    private readonly IncrementalHash _hash;
+
+    public AuditChain(byte[]? key)
+    {
+        _key = key is { Length: > 0 } ? key : null;
+        _hash = _key is null ? IncrementalHash.CreateHash(HashAlgorithmName.SHA256) : IncrementalHash.CreateHMAC(HashAlgorithmName.SHA256, _key);
+    }
 
     /// <summary><c>sha256</c>, or <c>hmac-sha256</c> when keyed.</summary>
     public string Algorithm => _key is null ? "sha256" : "hmac-sha256";
@@ -30,14 +38,8 @@ public sealed class AuditChain
 
     public void Hash(ReadOnlySpan<byte> eventJson, Span<byte> destination)
     {
-        if (_key is null)
-        {
-            SHA256.HashData(eventJson, destination);
-        }
-        else
-        {
-            HMACSHA256.HashData(_key, eventJson, destination);
-        }
+        _hash.AppendData(eventJson);
+        _hash.GetHashAndReset(destination);
     }
 
     /// <summary>The number of bytes <see cref="AppendLine"/> adds to an event.</summary>

@@ -55,6 +55,7 @@ internal static partial class Program
         public readonly Histogram OkLatency = new(); // as Latency, successful answers (a result) only
         public readonly Histogram SessionCycle = new(); // churn: initialize … DELETE
         public long Ok, RateLimited, Shed, RpcError, HttpError, Failed, SessionsDone, SessionFailures;
+        public long ShedAll; // shed answers over the whole run, warm-up and drain included (to compare with the audit trail)
         public long Started;
         public long InFlight;
 
@@ -68,6 +69,15 @@ internal static partial class Program
                 case Outcome.RpcError: Interlocked.Increment(ref RpcError); break;
                 case Outcome.HttpError: Interlocked.Increment(ref HttpError); break;
                 default: Interlocked.Increment(ref Failed); break;
+            }
+        }
+
+        /// <summary>Notes every answer, measured or not (only sheds are counted so).</summary>
+        public void Seen(Outcome o)
+        {
+            if (o == Outcome.Shed)
+            {
+                Interlocked.Increment(ref ShedAll);
             }
         }
 
@@ -256,6 +266,7 @@ internal static partial class Program
         long sent = Now();
         Outcome outcome = await client.CallEchoAsync(session, CancellationToken.None).ConfigureAwait(false);
         long done = Now();
+        stats.Seen(outcome);
         if (Measured(scheduled))
         {
             stats.Record(outcome, ToNs(done - scheduled), ToNs(done - sent));
@@ -271,6 +282,7 @@ internal static partial class Program
             long sent = Now();
             Outcome outcome = await client.CallEchoAsync(session, CancellationToken.None).ConfigureAwait(false);
             long done = Now();
+            stats.Seen(outcome);
             if (Measured(sent))
             {
                 stats.Record(outcome, ToNs(done - sent), ToNs(done - sent));
@@ -311,6 +323,7 @@ internal static partial class Program
                 long sent = Now();
                 Outcome outcome = await client.CallEchoAsync(session, CancellationToken.None).ConfigureAwait(false);
                 long done = Now();
+                stats.Seen(outcome);
                 if (Measured(begin))
                 {
                     stats.Record(outcome, ToNs(done - sent), ToNs(done - sent));
@@ -363,6 +376,7 @@ internal static partial class Program
             w.WriteNumber("ok", s.Ok);
             w.WriteNumber("rateLimited", s.RateLimited);
             w.WriteNumber("shed", s.Shed);
+            w.WriteNumber("shedTotal", s.ShedAll);
             w.WriteNumber("rpcErrors", s.RpcError);
             w.WriteNumber("httpErrors", s.HttpError);
             w.WriteNumber("failed", s.Failed);

@@ -9,6 +9,7 @@ internal enum Outcome
 {
     Ok,
     RateLimited,   // JSON-RPC error -32011 (Sidecar's rate limit): an expected outcome when limits trip
+    Shed,          // JSON-RPC error -32015 with data.reason "audit_backlog": refused before forwarding (audit queue full)
     RpcError,      // any other JSON-RPC error
     HttpError,     // non-2xx status
     Failed,        // transport error, timeout, unparseable answer
@@ -181,17 +182,7 @@ internal sealed class McpClient
                 }
                 if (reader.ValueTextEquals("error"u8))
                 {
-                    reader.Read();
-                    int depth = reader.CurrentDepth;
-                    while (reader.Read() && reader.CurrentDepth > depth)
-                    {
-                        if (reader.TokenType == System.Text.Json.JsonTokenType.PropertyName && reader.CurrentDepth == depth + 1 && reader.ValueTextEquals("code"u8))
-                        {
-                            reader.Read();
-                            return reader.TryGetInt32(out int code) && code == -32011 ? Outcome.RateLimited : Outcome.RpcError;
-                        }
-                    }
-                    return Outcome.RpcError;
+                    return ClassifyError(ref reader);
                 }
                 reader.Read();
                 reader.Skip();
@@ -202,6 +193,70 @@ internal sealed class McpClient
         {
             return Outcome.Failed;
         }
+    }
+
+    public const int RateLimitedCode = -32011;
+    public const int ShedCode = -32015;
+
+    /// <summary>
+    /// Classifies the value of an answer's "error" member (the reader is on its property name): -32011 is a rate
+    /// limit; -32015 with data.reason "audit_backlog" is a call shed because its audit record could not be queued;
+    /// anything else is another JSON-RPC error. Members may come in any order; nothing is allocated.
+    /// </summary>
+    private static Outcome ClassifyError(ref System.Text.Json.Utf8JsonReader reader)
+    {
+        if (!reader.Read() || reader.TokenType != System.Text.Json.JsonTokenType.StartObject)
+        {
+            return Outcome.RpcError;
+        }
+        int depth = reader.CurrentDepth;
+        int code = 0;
+        bool backlog = false;
+        while (reader.Read() && reader.CurrentDepth > depth)
+        {
+            if (reader.TokenType != System.Text.Json.JsonTokenType.PropertyName || reader.CurrentDepth != depth + 1)
+            {
+                continue;
+            }
+            if (reader.ValueTextEquals("code"u8))
+            {
+                reader.Read();
+                if (reader.TokenType != System.Text.Json.JsonTokenType.Number || !reader.TryGetInt32(out code))
+                {
+                    code = 0;
+                }
+            }
+            else if (reader.ValueTextEquals("data"u8))
+            {
+                reader.Read();
+                if (reader.TokenType != System.Text.Json.JsonTokenType.StartObject)
+                {
+                    reader.Skip();
+                    continue;
+                }
+                int dataDepth = reader.CurrentDepth;
+                while (reader.Read() && reader.CurrentDepth > dataDepth)
+                {
+                    if (reader.TokenType == System.Text.Json.JsonTokenType.PropertyName && reader.CurrentDepth == dataDepth + 1
+                        && reader.ValueTextEquals("reason"u8))
+                    {
+                        reader.Read();
+                        backlog = reader.TokenType == System.Text.Json.JsonTokenType.String && reader.ValueTextEquals("audit_backlog"u8);
+                    }
+                }
+            }
+            else
+            {
+                reader.Read();
+                reader.Skip();
+            }
+        }
+        return code switch
+        {
+            RateLimitedCode => Outcome.RateLimited,
+            ShedCode when backlog => Outcome.Shed,
+            _ => Outcome.RpcError,
+        };
     }
 
     /// <summary>Enumerates the payloads of "data:" lines of an SSE body.</summary>

@@ -52,8 +52,10 @@ internal static partial class Program
     {
         public readonly Histogram Latency = new();   // from scheduled time (open loop) or send time (closed loop)
         public readonly Histogram Service = new();   // from actual send time
+        public readonly Histogram OkLatency = new(); // as Latency, successful answers (a result) only
         public readonly Histogram SessionCycle = new(); // churn: initialize … DELETE
-        public long Ok, RateLimited, RpcError, HttpError, Failed, SessionsDone, SessionFailures;
+        public long Ok, RateLimited, Shed, RpcError, HttpError, Failed, SessionsDone, SessionFailures;
+        public long ShedAll; // shed answers over the whole run, warm-up and drain included (to compare with the audit trail)
         public long Started;
         public long InFlight;
 
@@ -63,10 +65,32 @@ internal static partial class Program
             {
                 case Outcome.Ok: Interlocked.Increment(ref Ok); break;
                 case Outcome.RateLimited: Interlocked.Increment(ref RateLimited); break;
+                case Outcome.Shed: Interlocked.Increment(ref Shed); break;
                 case Outcome.RpcError: Interlocked.Increment(ref RpcError); break;
                 case Outcome.HttpError: Interlocked.Increment(ref HttpError); break;
                 default: Interlocked.Increment(ref Failed); break;
             }
+        }
+
+        /// <summary>Notes every answer, measured or not (only sheds are counted so).</summary>
+        public void Seen(Outcome o)
+        {
+            if (o == Outcome.Shed)
+            {
+                Interlocked.Increment(ref ShedAll);
+            }
+        }
+
+        /// <summary>Records one measured call: latency (from schedule or send), service time, outcome.</summary>
+        public void Record(Outcome o, long latencyNs, long serviceNs)
+        {
+            Latency.Record(latencyNs);
+            Service.Record(serviceNs);
+            if (o == Outcome.Ok)
+            {
+                OkLatency.Record(latencyNs);
+            }
+            Count(o);
         }
     }
 
@@ -242,11 +266,10 @@ internal static partial class Program
         long sent = Now();
         Outcome outcome = await client.CallEchoAsync(session, CancellationToken.None).ConfigureAwait(false);
         long done = Now();
+        stats.Seen(outcome);
         if (Measured(scheduled))
         {
-            stats.Latency.Record(ToNs(done - scheduled));
-            stats.Service.Record(ToNs(done - sent));
-            stats.Count(outcome);
+            stats.Record(outcome, ToNs(done - scheduled), ToNs(done - sent));
         }
         Interlocked.Decrement(ref stats.InFlight);
     }
@@ -259,11 +282,10 @@ internal static partial class Program
             long sent = Now();
             Outcome outcome = await client.CallEchoAsync(session, CancellationToken.None).ConfigureAwait(false);
             long done = Now();
+            stats.Seen(outcome);
             if (Measured(sent))
             {
-                stats.Latency.Record(ToNs(done - sent));
-                stats.Service.Record(ToNs(done - sent));
-                stats.Count(outcome);
+                stats.Record(outcome, ToNs(done - sent), ToNs(done - sent));
             }
         }
     }
@@ -301,11 +323,10 @@ internal static partial class Program
                 long sent = Now();
                 Outcome outcome = await client.CallEchoAsync(session, CancellationToken.None).ConfigureAwait(false);
                 long done = Now();
+                stats.Seen(outcome);
                 if (Measured(begin))
                 {
-                    stats.Latency.Record(ToNs(done - sent));
-                    stats.Service.Record(ToNs(done - sent));
-                    stats.Count(outcome);
+                    stats.Record(outcome, ToNs(done - sent), ToNs(done - sent));
                 }
             }
             try
@@ -331,6 +352,10 @@ internal static partial class Program
     private static void Emit(Options o, Stats s, double seconds, double cpuUs, double treeCpuUs, long hwmKb, long treeRssKb,
                              int streamsOpened, int streamsOpenAtEnd = 0, bool sseStreams = false, string? error = null)
     {
+        // calls/s counts the calls the target served: answered with a result, a rate-limit error (a policy decision,
+        // the expected answer of sidecar-trip) or another JSON-RPC error. Calls shed before forwarding (-32015
+        // audit_backlog: the audit queue was full) were refused, not served: counted apart (shed, shedPerSec) and left
+        // out of calls/s and of the CPU-per-call denominator, so shedding never shows up as throughput.
         long answered = s.Ok + s.RateLimited + s.RpcError;
         using var stdout = Console.OpenStandardOutput();
         using (var w = new Utf8JsonWriter(stdout))
@@ -350,10 +375,13 @@ internal static partial class Program
             w.WriteNumber("seconds", Math.Round(seconds, 3));
             w.WriteNumber("ok", s.Ok);
             w.WriteNumber("rateLimited", s.RateLimited);
+            w.WriteNumber("shed", s.Shed);
+            w.WriteNumber("shedTotal", s.ShedAll);
             w.WriteNumber("rpcErrors", s.RpcError);
             w.WriteNumber("httpErrors", s.HttpError);
             w.WriteNumber("failed", s.Failed);
             w.WriteNumber("callsPerSec", seconds > 0 ? Math.Round(answered / seconds, 1) : 0);
+            w.WriteNumber("shedPerSec", seconds > 0 ? Math.Round(s.Shed / seconds, 1) : 0);
             WriteMs(w, "p50Ms", s.Latency.Quantile(0.50));
             WriteMs(w, "p90Ms", s.Latency.Quantile(0.90));
             WriteMs(w, "p99Ms", s.Latency.Quantile(0.99));
@@ -361,7 +389,9 @@ internal static partial class Program
             WriteMs(w, "maxMs", s.Latency.Count > 0 ? s.Latency.MaxNs : double.NaN);
             WriteMs(w, "serviceP50Ms", s.Service.Quantile(0.50));
             WriteMs(w, "serviceP99Ms", s.Service.Quantile(0.99));
-            long calls = s.Ok + s.RateLimited + s.RpcError + s.HttpError + s.Failed;
+            WriteMs(w, "okP50Ms", s.OkLatency.Quantile(0.50));
+            WriteMs(w, "okP99Ms", s.OkLatency.Quantile(0.99));
+            long calls = s.Ok + s.RateLimited + s.RpcError + s.HttpError + s.Failed; // not the shed ones (see above)
             w.WriteNumber("cpuUsPerCall", calls > 0 ? Math.Round(cpuUs / calls, 2) : 0);
             w.WriteNumber("treeCpuUsPerCall", calls > 0 ? Math.Round(treeCpuUs / calls, 2) : 0);
             w.WriteNumber("peakRssMb", Math.Round(hwmKb / 1024.0, 1));

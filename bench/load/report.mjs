@@ -25,13 +25,16 @@ const SCENARIOS = {
   'churn-c8': 'session churn: 8 workers × (initialize → 10 calls → DELETE)',
   'sse-r500-s16': '500 calls/s over 16 sessions, each holding its GET SSE stream open',
 };
-const TARGETS = ['direct', 'sidecar-http', 'sidecar-stdio', 'sidecar-trip', 'sidecar-spin', 'mcp-proxy', 'supergateway'];
+const TARGETS = ['direct', 'sidecar-http', 'sidecar-stdio', 'sidecar-trip', 'sidecar-spin', 'sidecar-drop', 'sidecar-durable', 'mcp-proxy', 'supergateway'];
+const SIDECARS = TARGETS.filter((t) => t.startsWith('sidecar-'));
 const TARGET_TEXT = {
   direct: 'echo server over Streamable HTTP, no proxy',
   'sidecar-http': 'Sidecar (50-rule policy, limits never trip, audit trail to a JSONL file) → HTTP echo',
   'sidecar-stdio': 'Sidecar (same policy, same audit) → stdio echo, one process per session',
   'sidecar-trip': 'Sidecar (same policy, echo limited to 50 calls/s per session) → HTTP echo',
   'sidecar-spin': 'diagnostic: sidecar-http with DOTNET_ThreadPool_UnfairSemaphoreSpinLimit=70, the runtime default (Sidecar ships with 0: idle thread-pool workers sleep instead of spinning)',
+  'sidecar-drop': 'sidecar-http with audit.onFull "drop" (the old behaviour): a call whose audit record cannot be queued is forwarded anyway and the lost record is counted in an audit_gap event; the default ("shed") refuses it with -32015 audit_backlog',
+  'sidecar-durable': 'sidecar-http with audit.durability "before_answer" (group commit): a call is answered only once its audit record is written to the file',
   'mcp-proxy': 'mcp-proxy 6.7.19 → stdio echo (one shared process)',
   supergateway: 'supergateway 4.0.0 --stateful → stdio echo, one process per session',
 };
@@ -43,6 +46,13 @@ for (const r of runs) {
 }
 const M = (rs, key) => median(rs.map((r) => r[key]));
 const sum = (rs, key) => rs.reduce((a, r) => a + (Number(r[key]) || 0), 0);
+const readText = (name) => { try { return readFileSync(join(dir, name), 'utf8').trim(); } catch { return ''; } };
+// Audit records a Sidecar target dropped during each run (audit-drops.tsv from run.sh: target, scenario, round, n).
+const drops = {};
+for (const l of readText('audit-drops.tsv').split('\n').filter(Boolean)) {
+  const [t, sc, , n] = l.split('\t');
+  drops[`${sc}|${t}`] = (drops[`${sc}|${t}`] || 0) + (Number(n) || 0);
+}
 
 const out = [];
 out.push('# Sidecar load bench: latest results', '');
@@ -60,23 +70,25 @@ for (const sc of Object.keys(SCENARIOS)) {
   out.push(`## ${sc}: ${SCENARIOS[sc]}`, '');
   const churn = sc.startsWith('churn');
   const sse = sc.startsWith('sse');
-  out.push(`| target | calls/s | ÷ direct | p50 ms | p90 ms | p99 ms | p99.9 ms | p99 − direct ms | gateway CPU µs/call | total CPU µs/call | gateway peak RSS MB | RSS MB incl. upstreams | errors | rate-limited${churn ? ' | sessions/s' : ''}${sse ? ' | streams held' : ''} |`);
-  out.push(`|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:${churn || sse ? '|--:' : ''}|`);
+  out.push(`| target | calls/s | ÷ direct | p50 ms | p90 ms | p99 ms | p99.9 ms | p99 − direct ms | gateway CPU µs/call | total CPU µs/call | gateway peak RSS MB | RSS MB incl. upstreams | errors | rate-limited | shed (audit_backlog)${churn ? ' | sessions/s' : ''}${sse ? ' | streams held' : ''} |`);
+  out.push(`|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:${churn || sse ? '|--:' : ''}|`);
   for (const t of present) {
     const rs = agg[`${sc}|${t}`];
     const cps = M(rs, 'callsPerSec');
     const rate = rs[0].rate;
     const overloaded = rate > 0 && cps < 0.95 * rate;
     const errors = sum(rs, 'rpcErrors') + sum(rs, 'httpErrors') + sum(rs, 'failed') + rs.filter((r) => r.error).length;
+    const shed = sum(rs, 'shed');
     const row = [
       t,
-      int(cps) + (overloaded ? ' (overloaded)' : ''),
-      t === 'direct' ? '1.00' : f(cps / direct(sc, 'callsPerSec')),
+      int(cps) + (shed > 0 ? ` (+${int(M(rs, 'shedPerSec'))} shed/s)` : '')
+        + (drops[`${sc}|${t}`] > 0 ? ` (${int(drops[`${sc}|${t}`])} audit records dropped)` : '') + (overloaded ? ' (overloaded)' : ''),
+      (t === 'direct' ? '1.00' : f(cps / direct(sc, 'callsPerSec'))) + (shed > 0 ? ' (shedding)' : '') + (drops[`${sc}|${t}`] > 0 ? ' (dropping)' : ''),
       f(M(rs, 'p50Ms'), 3), f(M(rs, 'p90Ms'), 3), f(M(rs, 'p99Ms'), 3), f(M(rs, 'p999Ms'), 3),
       t === 'direct' ? '–' : f(M(rs, 'p99Ms') - direct(sc, 'p99Ms'), 3),
       f(M(rs, 'cpuUsPerCall'), 0), f(M(rs, 'treeCpuUsPerCall'), 0),
       f(M(rs, 'peakRssMb'), 0), f(M(rs, 'treeRssMb'), 0),
-      int(errors), int(sum(rs, 'rateLimited')),
+      int(errors), int(sum(rs, 'rateLimited')), int(shed),
     ];
     if (churn) row.push(int(M(rs, 'sessionsPerSec')));
     if (sse) row.push(`${int(M(rs, 'streamsOpenAtEnd'))}/${rs[0].sessions}`);
@@ -96,7 +108,8 @@ for (const sc of ['r500-s1', 'r2000-s64']) {
     const rs = agg[`${sc}|${t}`];
     if (!rs || !agg[`${sc}|direct`]) continue;
     const d = M(rs, 'p99Ms') - direct(sc, 'p99Ms');
-    out.push(`- ${sc}, ${t}: p99 ${f(M(rs, 'p99Ms'), 3)} ms vs direct ${f(direct(sc, 'p99Ms'), 3)} ms → **${d < 0.5 ? 'meets' : 'misses'}** "< 0.5 ms added at p99" (adds ${f(d, 3)} ms)${t === 'sidecar-stdio' ? ' (different upstream transport: informative only)' : ''}.`);
+    const shed = sum(rs, 'shed');
+    out.push(`- ${sc}, ${t}: p99 ${f(M(rs, 'p99Ms'), 3)} ms vs direct ${f(direct(sc, 'p99Ms'), 3)} ms → **${d < 0.5 ? 'meets' : 'misses'}** "< 0.5 ms added at p99" (adds ${f(d, 3)} ms)${t === 'sidecar-stdio' ? ' (different upstream transport: informative only)' : ''}${shed > 0 ? ` — **while shedding ${int(shed)} calls** (-32015 audit_backlog; p99 of successful calls alone ${f(M(rs, 'okP99Ms'), 3)} ms)` : ''}.`);
   }
 }
 for (const sc of ['sat-c1', 'sat-c64']) {
@@ -106,7 +119,8 @@ for (const sc of ['sat-c1', 'sat-c64']) {
   const best = Math.max(Number.isFinite(mp) ? mp : 0, Number.isFinite(sg) ? sg : 0);
   if (Number.isFinite(sc1) && best > 0) {
     const x = sc1 / best;
-    out.push(`- ${sc}, saturation on the same stdio upstream: Sidecar ${int(sc1)} calls/s vs the faster npm proxy ${int(best)} calls/s = **${f(x, 1)}×** → **${x >= 3 ? 'meets' : 'misses'}** "at least 3×".`);
+    const shed = sum(agg[`${sc}|sidecar-stdio`] || [], 'shed');
+    out.push(`- ${sc}, saturation on the same stdio upstream: Sidecar ${int(sc1)} calls/s vs the faster npm proxy ${int(best)} calls/s = **${f(x, 1)}×** → **${x >= 3 ? 'meets' : 'misses'}** "at least 3×"${shed > 0 ? ` — **Sidecar shed ${int(shed)} more calls** (-32015 audit_backlog, not counted in its calls/s)` : ''}.`);
   }
 }
 out.push('');
@@ -120,15 +134,58 @@ for (const [name, s] of [['50-rule policy (policy-realistic.json)', st], ['1-rul
   out.push(`| ${name} | ${f(s.readyMs.min, 1)} / ${f(s.readyMs.median, 1)} / ${f(s.readyMs.max, 1)} | ${f(s.idleRssMb.median, 1)} | ${f(s.binaryBytes / 1048576, 1)} |`);
 }
 out.push('');
-const audit = (() => { try { return readFileSync(join(dir, 'audit.txt'), 'utf8').trim(); } catch { return ''; } })();
-if (audit) {
+// Audit trails: audit.tsv from run.sh (target, tool_call events, audit_gap events, records dropped, verify mode, exit
+// code, verify's last line); older result folders have a ready-made audit.txt.
+const auditRows = readText('audit.tsv').split('\n').filter(Boolean).map((l) => {
+  const [target, calls, gaps, dropped, mode, rc, verdict] = l.split('\t');
+  return { target, calls: Number(calls), gaps: Number(gaps), dropped: Number(dropped), mode, rc: Number(rc), verdict };
+});
+// Whole runs (warm-up and drain included) where the generator reports it, like the trail; else measured windows.
+const shedOf = (t) => runs.filter((r) => r.target === t).reduce((a, r) => a + (Number(r.shedTotal ?? r.shed) || 0), 0);
+const ranIn = (t) => Object.keys(SCENARIOS).filter((sc) => agg[`${sc}|${t}`]);
+if (auditRows.length > 0) {
+  out.push('## Audit trails under load: what was kept, dropped, shed', '');
+  out.push('Every Sidecar target writes its audit trail to a JSONL file (bench/load/results/audit/, rotated at 64 MB with 8 rotated files kept, so the trail of a whole run stays: the "tool_call events" are all of them unless the verdict says the trail starts after seq 1). After the run each is stopped with SIGTERM (draining its queue) and checked with `sidecar audit verify`: `--strict` (any gap or a missing audit_stop fails) for every target but sidecar-drop, which is expected to have gaps. A call is either audited (a tool_call event), forwarded without its record (counted in an audit_gap event: onFull "drop") or refused before forwarding with -32015 audit_backlog (onFull "shed", the default; counted by the generator over whole runs, warm-ups included, so comparable with the trail).', '');
+  out.push('| target | scenarios run | tool_call events (kept files) | audit_gap events | records dropped | calls shed (audit_backlog) | sidecar audit verify |', '|---|---|--:|--:|--:|--:|---|');
+  for (const a of auditRows) {
+    const v = `${a.mode}, exit ${a.rc}: ${a.verdict}`;
+    out.push(`| ${a.target} | ${ranIn(a.target).join(', ') || '–'} | ${int(a.calls)} | ${int(a.gaps)} | ${int(a.dropped)} | ${int(shedOf(a.target))} | ${a.rc === 0 ? v : `**${v}**`} |`);
+  }
+  out.push('');
+} else if (readText('audit.txt')) {
   out.push('## Audit trails under load', '');
-  out.push('Every Sidecar target writes its audit trail to a JSONL file (bench/load/results/audit/, rotated at 64 MB, 2 rotated files kept). After the run each is stopped with SIGTERM (draining its queue) and checked with `sidecar audit verify`. `audit_gap` events would mean records dropped because the queue was full.', '');
   out.push('| target | tool_call events (kept files) | audit_gap events | sidecar audit verify |', '|---|--:|--:|---|');
-  out.push(audit, '');
+  out.push(readText('audit.txt'), '');
+}
+
+// Shedding, dropping, durability side by side, in the scenarios the variants ran in.
+const variantScenarios = Object.keys(SCENARIOS).filter((sc) => agg[`${sc}|sidecar-drop`] || agg[`${sc}|sidecar-durable`]);
+if (variantScenarios.length > 0) {
+  out.push('## Full audit queue: shed (default), drop, or wait for the write', '');
+  out.push('sidecar-http sheds (refuses a call whose audit record cannot be queued), sidecar-drop forwards it and loses the record, sidecar-durable answers each call only once its record is written. calls/s counts served calls only (shed ones apart); "calls shed" in the measured windows, "audit records dropped" over whole runs (warm-up included: read from the trail); p99 is over every answer, shed refusals included (they are fast), "ok p99" over successful answers alone.', '');
+  out.push('| scenario | target | calls/s | shed/s | calls shed | audit records dropped | p50 ms | p99 ms | ok p99 ms | gateway CPU µs/call |', '|---|---|--:|--:|--:|--:|--:|--:|--:|--:|');
+  for (const sc of variantScenarios) {
+    for (const t of ['sidecar-http', 'sidecar-drop', 'sidecar-durable']) {
+      const rs = agg[`${sc}|${t}`];
+      if (!rs) continue;
+      out.push(`| ${sc} | ${t} | ${int(M(rs, 'callsPerSec'))} | ${int(M(rs, 'shedPerSec'))} | ${int(sum(rs, 'shed'))} | ${int(drops[`${sc}|${t}`] || 0)} | ${f(M(rs, 'p50Ms'), 3)} | ${f(M(rs, 'p99Ms'), 3)} | ${f(M(rs, 'okP99Ms'), 3)} | ${f(M(rs, 'cpuUsPerCall'), 0)} |`);
+    }
+  }
+  out.push('');
+  const both = Object.keys(SCENARIOS).filter((sc) => agg[`${sc}|sidecar-http`] && agg[`${sc}|sidecar-durable`]);
+  if (both.length > 0) {
+    out.push('### p99: batched (sidecar-http) vs before_answer (sidecar-durable)', '');
+    out.push('| scenario | sidecar-http p99 ms | sidecar-durable p99 ms | durable − http ms | sidecar-http ok p99 ms | sidecar-durable ok p99 ms | shed (http / durable) |', '|---|--:|--:|--:|--:|--:|--:|');
+    for (const sc of both) {
+      const h = agg[`${sc}|sidecar-http`], d = agg[`${sc}|sidecar-durable`];
+      out.push(`| ${sc} | ${f(M(h, 'p99Ms'), 3)} | ${f(M(d, 'p99Ms'), 3)} | ${f(M(d, 'p99Ms') - M(h, 'p99Ms'), 3)} | ${f(M(h, 'okP99Ms'), 3)} | ${f(M(d, 'okP99Ms'), 3)} | ${int(sum(h, 'shed'))} / ${int(sum(d, 'shed'))} |`);
+    }
+    out.push('');
+  }
 }
 out.push('## Targets', '');
-for (const t of TARGETS) out.push(`- **${t}**: ${TARGET_TEXT[t]}`);
+for (const t of TARGETS) if (runs.some((r) => r.target === t)) out.push(`- **${t}**: ${TARGET_TEXT[t]}`);
+if (machine.skippedTargets) out.push(`- not run (SKIP_TARGETS): ${machine.skippedTargets}`);
 out.push('');
 out.push(readFileSync(new URL('./results-notes.md', import.meta.url), 'utf8'));
 process.stdout.write(out.join('\n') + '\n');

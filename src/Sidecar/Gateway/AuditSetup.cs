@@ -49,6 +49,12 @@ internal static class AuditSetup
         {
             logger.LogWarning("Audit is on but has no sink: decisions are recorded nowhere");
         }
+        if (audit.Durability == AuditDurability.BeforeAnswer && audit.File is null && !audit.Stdout)
+        {
+            // The HTTP sink takes a batch into memory (or its spool) and sends it later: an answer released after that
+            // is not yet on disk anywhere.
+            logger.LogWarning("audit.durability is before_answer, but only the http sink is configured: answers wait until a batch is queued for the collector, not until it is written to disk (add \"file\")");
+        }
 
         // A forwarded call's completion normally comes within the upstream timeout; the writer waits longer before
         // writing the call as "unknown" (its completion record was lost).

@@ -62,6 +62,19 @@ public sealed class AuditConfigReaderTests
         Assert.False(config!.Audit.Enabled);
     }
 
+    [Fact]
+    public void OnFull_sheds_and_durability_is_batched_unless_the_config_says_otherwise()
+    {
+        var (config, diagnostics) = Read("");
+        Assert.False(diagnostics.HasErrors, diagnostics.ToString());
+        Assert.Equal((AuditOverflow.Shed, AuditDurability.Batched), (config!.Audit.OnFull, config.Audit.Durability));
+        (config, diagnostics) = Read(""", "audit": { "onFull": "drop", "durability": "before_answer" }""");
+        Assert.False(diagnostics.HasErrors, diagnostics.ToString());
+        Assert.Equal((AuditOverflow.Drop, AuditDurability.BeforeAnswer), (config!.Audit.OnFull, config.Audit.Durability));
+        (config, _) = Read(""", "audit": { "onFull": "shed", "durability": "batched" }""");
+        Assert.Equal((AuditOverflow.Shed, AuditDurability.Batched), (config!.Audit.OnFull, config.Audit.Durability));
+    }
+
     [Theory]
     [InlineData("""{ "fiel": "x" }""", "$.audit.fiel", "unknown field")]
     [InlineData("""{ "http": { "url": "ftp://x" } }""", "$.audit.http.url", "invalid url")]
@@ -72,6 +85,9 @@ public sealed class AuditConfigReaderTests
     [InlineData("""{ "file": { "maxBytes": 10000 } }""", "$.audit.file", "needs a \"path\"")]
     [InlineData("""{ "flushInterval": "2h" }""", "$.audit.flushInterval", "invalid flushInterval")]
     [InlineData("""[]""", "$.audit", "must be an object")]
+    [InlineData("""{ "onFull": "block" }""", "$.audit.onFull", "invalid onFull \"block\"")]
+    [InlineData("""{ "onFull": true }""", "$.audit.onFull", "string")]
+    [InlineData("""{ "durability": "fsync" }""", "$.audit.durability", "invalid durability \"fsync\"")]
     public void Errors_name_the_path_and_line(string audit, string path, string message)
     {
         var (config, diagnostics) = Read(", \"audit\": " + audit);

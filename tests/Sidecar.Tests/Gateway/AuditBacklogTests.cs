@@ -1,0 +1,197 @@
+using System.Buffers;
+using System.Text;
+using System.Text.Json;
+using System.Threading.Channels;
+using Microsoft.Extensions.Logging.Abstractions;
+using Sidecar.Audit;
+using Sidecar.Configuration;
+using Sidecar.Decisions;
+using Sidecar.Gateway;
+using Sidecar.JsonRpc;
+using Sidecar.Policy;
+using Sidecar.RateLimiting;
+using Sidecar.Tests.Audit;
+using Sidecar.Upstreams;
+
+namespace Sidecar.Tests.Gateway;
+
+/// <summary>
+/// audit.onFull at the gateway: a session whose audit queue has no room refuses a tools/call with -32015
+/// audit_backlog before anything reaches the upstream (and gives its tokens back), or forwards it unrecorded with
+/// onFull: drop; with before_answer the answer carries the ticket its writer waits for.
+/// </summary>
+public sealed class AuditBacklogTests
+{
+    private const string Policy = """
+        { "version": "1", "default": "deny", "tools": {
+            "echo": { "limits": [ { "counter": "echo_rate", "window": "hour", "max": 1, "scope": "session" } ] } } }
+        """;
+
+    private static readonly byte[] EchoCall = """{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}"""u8.ToArray();
+    private static readonly byte[] DeniedCall = """{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"get-env","arguments":{}}}"""u8.ToArray();
+
+    [Fact]
+    public async Task A_call_whose_record_finds_no_room_is_refused_before_the_upstream_sees_it_and_keeps_its_tokens()
+    {
+        var (session, connector, pipeline) = Create(AuditTest.Config(buffer: 64));
+        FillQueue(pipeline.Recorder);
+
+        var answer = await CallAsync(session, EchoCall);
+        var error = answer.GetProperty("error");
+        Assert.Equal(-32015, error.GetProperty("code").GetInt32());
+        Assert.Equal(7, answer.GetProperty("id").GetInt32());
+        var data = error.GetProperty("data");
+        Assert.Equal("audit_backlog", data.GetProperty("reason").GetString());
+        Assert.Equal("echo", data.GetProperty("tool").GetString());
+        Assert.Equal("srv", data.GetProperty("server").GetString());
+        Assert.Equal(10, data.GetProperty("retryAfterMs").GetInt64()); // the test config's flushInterval
+        Assert.Contains("\"echo\"", error.GetProperty("message").GetString(), StringComparison.Ordinal);
+        // A blocked call that finds no room is refused the same way.
+        var denied = await CallAsync(session, DeniedCall);
+        Assert.Equal("audit_backlog", denied.GetProperty("error").GetProperty("data").GetProperty("reason").GetString());
+        Assert.Equal(0, connector.Sent);
+        Assert.Equal(1 + 2, pipeline.Recorder.Shed); // the filler that found the queue full, and both calls
+
+        // Room again: the refused call spent no token of its one-an-hour limit, so the next one goes through.
+        while (pipeline.RunOnce() > 0)
+        {
+        }
+        var allowed = await CallAsync(session, EchoCall);
+        Assert.True(allowed.TryGetProperty("result", out _), allowed.ToString());
+        Assert.Equal(1, connector.Sent);
+        await session.DisposeAsync();
+        await pipeline.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task With_onFull_drop_the_call_goes_through_unrecorded_and_is_counted()
+    {
+        var (session, connector, pipeline) = Create(AuditTest.Config(buffer: 64) with { OnFull = AuditOverflow.Drop });
+        FillQueue(pipeline.Recorder);
+        var answer = await CallAsync(session, EchoCall);
+        Assert.True(answer.TryGetProperty("result", out _), answer.ToString());
+        Assert.Equal(1, connector.Sent);
+        Assert.Equal(1 + 1, pipeline.Recorder.Dropped); // the filler that found the queue full, and the call
+        Assert.Equal(0, pipeline.Recorder.Shed);
+        await session.DisposeAsync();
+        await pipeline.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task With_before_answer_every_answer_to_a_call_carries_its_records_ticket()
+    {
+        var (session, _, pipeline) = Create(AuditTest.Config() with { Durability = AuditDurability.BeforeAnswer });
+        var sink = new MessageSink(acceptsRelatedMessages: false);
+        Assert.True(await session.ProcessAsync(new ReadOnlySequence<byte>(EchoCall), Scan(EchoCall), sink, CancellationToken.None));
+        var forwarded = await ReadAsync(sink);
+        Assert.NotEqual(0, forwarded.AuditTicket);
+        var denied = new MessageSink(acceptsRelatedMessages: false);
+        Assert.True(await session.ProcessAsync(new ReadOnlySequence<byte>(DeniedCall), Scan(DeniedCall), denied, CancellationToken.None));
+        var blocked = await ReadAsync(denied);
+        Assert.True(blocked.AuditTicket > forwarded.AuditTicket);
+        // The records behind the tickets are written once the writer has run.
+        Assert.False(pipeline.Recorder.WhenWrittenAsync(blocked.AuditTicket).IsCompleted);
+        while (pipeline.RunOnce() > 0)
+        {
+        }
+        Assert.True(pipeline.Recorder.WhenWrittenAsync(blocked.AuditTicket).IsCompletedSuccessfully);
+        await session.DisposeAsync();
+        await pipeline.DisposeAsync();
+    }
+
+    private static (AgentSession Session, EchoConnector Connector, AuditPipeline Pipeline) Create(AuditConfig audit)
+    {
+        var pipeline = AuditTest.Pipeline(new MemorySink(), audit); // not started: the test runs the writer's passes
+        var diagnostics = new DiagnosticBag();
+        var policy = PolicyCompiler.Load(Encoding.UTF8.GetBytes(Policy), "srv", diagnostics) ?? throw new InvalidOperationException(diagnostics.ToString());
+        var config = new ServerConfig("srv", default, UpstreamTransport.Stdio, "echo", [], new Dictionary<string, string>(), null, null,
+            new Dictionary<string, string>(), null);
+        var connector = new EchoConnector();
+        var server = new ServerRuntime(config, connector, policy, new DecisionEngine(new RateLimitStore()),
+            new GatewayOptions(GatewayLimits.Default, BlockedCallStyle.Error), NullLogger.Instance, pipeline.Recorder);
+        return (new AgentSession("session-1", server, legacy: false), connector, pipeline);
+    }
+
+    private static void FillQueue(AuditRecorder recorder)
+    {
+        var deny = AuditTest.Decision(DecisionOutcome.Deny);
+        while (recorder.TryRecordDecision("srv", new CallContext(null, null, "x"), "filler", "1"u8, default, deny, forwarded: false, out _, out _))
+        {
+        }
+        Assert.Equal(1, recorder.Shed + recorder.Dropped); // the one that found the queue full
+    }
+
+    private static JsonRpcScan Scan(byte[] message)
+    {
+        Assert.Equal(ScanStatus.Ok, JsonRpcScanner.Scan(message, out var scan));
+        return scan;
+    }
+
+    private static async Task<JsonElement> CallAsync(AgentSession session, byte[] message)
+    {
+        var sink = new MessageSink(acceptsRelatedMessages: false);
+        Assert.True(await session.ProcessAsync(new ReadOnlySequence<byte>(message), Scan(message), sink, CancellationToken.None));
+        var outbound = await ReadAsync(sink);
+        return JsonDocument.Parse(outbound.Payload).RootElement.Clone();
+    }
+
+    private static async Task<Outbound> ReadAsync(MessageSink sink)
+    {
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        while (await sink.WaitToReadAsync(timeout.Token))
+        {
+            if (sink.TryRead(out var message) && message.IsResponse)
+            {
+                return message;
+            }
+        }
+        throw new InvalidOperationException("the sink ended without an answer");
+    }
+
+    /// <summary>An upstream that answers every request with an empty result; counts what it was sent.</summary>
+    private sealed class EchoConnector : IUpstreamConnector
+    {
+        private int _sent;
+
+        public int Sent => Volatile.Read(ref _sent);
+
+        public string Name => "srv";
+
+        public string Transport => "fake";
+
+        public ValueTask<IUpstreamConnection> ConnectAsync(CancellationToken cancellationToken) => new(new Connection(this));
+
+        private sealed class Connection(EchoConnector owner) : IUpstreamConnection
+        {
+            private readonly Channel<UpstreamEvent> _events = Channel.CreateUnbounded<UpstreamEvent>();
+            private readonly TaskCompletionSource _completion = new();
+
+            public string Transport => "fake";
+
+            public ChannelReader<UpstreamEvent> Events => _events.Reader;
+
+            public Task Completion => _completion.Task;
+
+            public ValueTask SendAsync(ReadOnlySequence<byte> message, long correlation, CancellationToken cancellationToken)
+            {
+                Interlocked.Increment(ref owner._sent);
+                var bytes = message.ToArray();
+                Assert.Equal(ScanStatus.Ok, JsonRpcScanner.Scan(bytes, out var scan));
+                if (scan.Kind == JsonRpcMessageKind.Request)
+                {
+                    var id = Encoding.UTF8.GetString(bytes, scan.Id.Start, scan.Id.Length);
+                    _events.Writer.TryWrite(new UpstreamEvent(UpstreamEventKind.Message,
+                        Encoding.UTF8.GetBytes("{\"jsonrpc\":\"2.0\",\"id\":" + id + ",\"result\":{\"content\":[]}}"), correlation));
+                }
+                return ValueTask.CompletedTask;
+            }
+
+            public ValueTask DisposeAsync()
+            {
+                _events.Writer.TryComplete();
+                _completion.TrySetResult();
+                return ValueTask.CompletedTask;
+            }
+        }
+    }
+}

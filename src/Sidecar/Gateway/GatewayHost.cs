@@ -93,7 +93,11 @@ internal static class GatewayHost
         app.MapGet("/servers/{name}/sse", new RequestDelegate(endpoints.LegacySseAsync));
         app.MapPost("/servers/{name}/message", new RequestDelegate(endpoints.LegacyMessageAsync));
         app.MapGet("/healthz", new RequestDelegate(static context => context.Response.WriteAsync("ok")));
-        app.MapGet("/readyz", new RequestDelegate(context => context.Response.WriteAsync($"ready: {gateway.Config.Servers.Count} servers, {gateway.SessionCount} sessions, {gateway.InFlight.Count} of {gateway.InFlight.Capacity} requests in flight")));
+        app.MapGet("/readyz", new RequestDelegate(context => context.Response.WriteAsync(
+            $"ready: {gateway.Config.Servers.Count} servers, {gateway.SessionCount} sessions, {gateway.InFlight.Count} of {gateway.InFlight.Capacity} requests in flight"
+            + (gateway.Audit is { } audit
+                ? $"; audit queue {audit.Recorder.Queue!.Credits} of {audit.Recorder.Queue.Capacity} places taken, {audit.Recorder.Shed} calls shed, {audit.Recorder.Dropped} records dropped"
+                : "; audit off"))));
         return app;
     }
 }

@@ -28,6 +28,7 @@ public class AuditWriterBenchmarks
     private AuditPipeline _filePipeline = null!;
     private string _folder = null!;
     private ReadOnlySequence<byte> _arguments;
+    private readonly ReadOnlySequence<byte> _noArguments = new("{}"u8.ToArray());
     private byte[] _argumentBytes = null!;
     private Decision _allowed;
     private AuditRedactor _redactor = null!;
@@ -87,6 +88,9 @@ public class AuditWriterBenchmarks
     [Benchmark(OperationsPerInvoke = Events, Description = "Writer loop, per event, into the JSONL file (one write(2) per batch)")]
     public int WriterLoopFile() => Loop(_filePipeline);
 
+    [Benchmark(OperationsPerInvoke = Events, Description = "Writer loop, per event, with empty arguments (no redaction work; null sink)")]
+    public int WriterLoopNoArguments() => Loop(_nullPipeline, _noArguments);
+
     [Benchmark(Description = "Stage: redact + write the arguments")]
     public int StageRedaction()
     {
@@ -109,9 +113,11 @@ public class AuditWriterBenchmarks
     [Benchmark(Description = "Stage: event id (UUIDv7)")]
     public Guid StageEventId() => _nullPipeline.NewEventId(DateTime.UtcNow);
 
-    private int Loop(AuditPipeline pipeline)
+    private int Loop(AuditPipeline pipeline) => Loop(pipeline, _arguments);
+
+    private int Loop(AuditPipeline pipeline, ReadOnlySequence<byte> arguments)
     {
-        RecordCalls(pipeline.Recorder);
+        RecordCalls(pipeline.Recorder, Events, arguments);
         var taken = 0;
         int drained;
         while ((drained = pipeline.RunOnce()) > 0)
@@ -121,11 +127,13 @@ public class AuditWriterBenchmarks
         return taken;
     }
 
-    private void RecordCalls(AuditRecorder recorder, int count = Events)
+    private void RecordCalls(AuditRecorder recorder, int count = Events) => RecordCalls(recorder, count, _arguments);
+
+    private void RecordCalls(AuditRecorder recorder, int count, ReadOnlySequence<byte> arguments)
     {
         for (var i = 0; i < count; i++)
         {
-            var id = recorder.RecordDecision("everything", Context, Payloads.TypicalTool, RequestId, _arguments, _allowed, forwarded: true);
+            var id = recorder.RecordDecision("everything", Context, Payloads.TypicalTool, RequestId, arguments, _allowed, forwarded: true);
             recorder.RecordCompletion(id, AuditOutcome.Ok);
         }
     }

@@ -58,36 +58,13 @@ internal static class AuditConfigReader
                 diagnostics.Add(flushNode, $"invalid flushInterval {PolicyConfigReader.Describe(flushNode)}; expected a duration from \"1ms\" to \"1m\"");
             }
         }
-        if (members.Take("onFull") is { } onFullNode)
+        audit = audit with
         {
-            switch (PolicyConfigReader.ReadString(onFullNode, diagnostics))
-            {
-                case "shed":
-                    audit = audit with { OnFull = AuditOverflow.Shed };
-                    break;
-                case "drop":
-                    audit = audit with { OnFull = AuditOverflow.Drop };
-                    break;
-                case { } other:
-                    diagnostics.Add(onFullNode, $"invalid onFull \"{other}\"; expected \"shed\" (refuse the call) or \"drop\" (forward it unrecorded)");
-                    break;
-            }
-        }
-        if (members.Take("durability") is { } durabilityNode)
-        {
-            switch (PolicyConfigReader.ReadString(durabilityNode, diagnostics))
-            {
-                case "batched":
-                    audit = audit with { Durability = AuditDurability.Batched };
-                    break;
-                case "before_answer":
-                    audit = audit with { Durability = AuditDurability.BeforeAnswer };
-                    break;
-                case { } other:
-                    diagnostics.Add(durabilityNode, $"invalid durability \"{other}\"; expected \"batched\" or \"before_answer\"");
-                    break;
-            }
-        }
+            OnFull = ReadChoice(members.Take("onFull"), "onFull", audit.OnFull, "shed", AuditOverflow.Shed, "drop", AuditOverflow.Drop,
+                "\"shed\" (refuse the call) or \"drop\" (forward it unrecorded)", diagnostics),
+            Durability = ReadChoice(members.Take("durability"), "durability", audit.Durability, "batched", AuditDurability.Batched,
+                "before_answer", AuditDurability.BeforeAnswer, "\"batched\" or \"before_answer\"", diagnostics),
+        };
         if (members.Take("redactKeys") is { } redactNode)
         {
             var keys = SidecarConfigReader.ReadStringList(redactNode, diagnostics);
@@ -182,6 +159,30 @@ internal static class AuditConfigReader
         }
         members.ReportUnknown("url, headers, spool, maxSpoolBytes, timeout");
         return url is null ? null : new AuditHttpConfig(url, headers, spool, maxSpool, timeout);
+    }
+
+    /// <summary>One of two names, each standing for a value; <paramref name="fallback"/> when absent or invalid (reported).</summary>
+    private static T ReadChoice<T>(ConfigNode? node, string field, T fallback, string firstName, T first, string secondName, T second,
+        string expected, DiagnosticBag diagnostics)
+    {
+        if (node is null)
+        {
+            return fallback;
+        }
+        var text = PolicyConfigReader.ReadString(node, diagnostics);
+        if (text == firstName)
+        {
+            return first;
+        }
+        if (text == secondName)
+        {
+            return second;
+        }
+        if (text is not null)
+        {
+            diagnostics.Add(node, $"invalid {field} \"{text}\"; expected {expected}");
+        }
+        return fallback;
     }
 
     private static bool? ReadBool(ConfigNode node, DiagnosticBag diagnostics)

@@ -3,7 +3,6 @@ using System.Diagnostics;
 using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json;
-using Sidecar.Cli;
 using Sidecar.IntegrationTests.TestSupport;
 
 namespace Sidecar.IntegrationTests.Audit;
@@ -259,13 +258,7 @@ public sealed class AuditCompletenessTests : IDisposable
         return events;
     }
 
-    private static async Task<(int Code, string Output, string Error)> VerifyAsync(params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        var code = await SidecarCli.InvokeAsync(["audit", "verify", .. args], output, error);
-        return (code, output.ToString(), error.ToString());
-    }
+    private static Task<(int Code, string Output, string Error)> VerifyAsync(params string[] args) => GatewayAuditTests.VerifyAsync(args);
 
     /// <summary>The gateway as its own process (<c>dotnet sidecar.dll run</c>), so that it can be killed.</summary>
     private async Task<GatewayProcess> StartGatewayAsync(string configPath, int port)

@@ -212,7 +212,7 @@ public sealed class GatewayAuditTests : IDisposable
         }
     }
 
-    private static async Task<(int Code, string Output, string Error)> VerifyAsync(params string[] args)
+    internal static async Task<(int Code, string Output, string Error)> VerifyAsync(params string[] args)
     {
         var output = new StringWriter();
         var error = new StringWriter();

@@ -176,15 +176,7 @@ public sealed class AuditOverflowTests
         Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
     }
 
-    private static async Task WaitAsync(Func<bool> condition)
-    {
-        var deadline = DateTime.UtcNow.AddSeconds(20);
-        while (!condition())
-        {
-            Assert.True(DateTime.UtcNow < deadline, "timed out waiting for the audit writer");
-            await Task.Delay(5);
-        }
-    }
+    private static Task WaitAsync(Func<bool> condition) => AuditTest.WaitAsync(condition);
 
     /// <summary>A sink whose writes can be held at a gate, to see what waits for them.</summary>
     private sealed class GatedSink : IAuditSink

@@ -202,13 +202,5 @@ public sealed class AuditPipelineTests
         Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
     }
 
-    private static async Task WaitAsync(Func<bool> condition)
-    {
-        var deadline = DateTime.UtcNow.AddSeconds(10);
-        while (!condition())
-        {
-            Assert.True(DateTime.UtcNow < deadline, "timed out waiting for the audit writer");
-            await Task.Delay(10);
-        }
-    }
+    private static Task WaitAsync(Func<bool> condition) => AuditTest.WaitAsync(condition);
 }

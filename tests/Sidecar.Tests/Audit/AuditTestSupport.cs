@@ -63,6 +63,17 @@ internal static class AuditTest
     public static AuditPipeline Pipeline(IAuditSink sink, AuditConfig? config = null, AuditChainHead? head = null)
         => new(config ?? Config(), [sink], NullLogger.Instance, TimeSpan.FromMinutes(1), head ?? AuditChainHead.Empty, "sidecar test");
 
+    /// <summary>Waits (up to 20 s, then fails) for the audit writer to bring something about.</summary>
+    public static async Task WaitAsync(Func<bool> condition)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "timed out waiting for the audit writer");
+            await Task.Delay(5);
+        }
+    }
+
     public static Decision Decision(DecisionOutcome outcome, string rule = "tools.echo", string reason = "because", bool enforced = true)
         => new() { Outcome = outcome, Enforced = enforced, Rule = rule, Reason = reason, RetryAfterMs = -1, Remaining = -1 };
 

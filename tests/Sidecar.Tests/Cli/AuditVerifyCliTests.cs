@@ -1,6 +1,5 @@
 using Microsoft.Extensions.Logging.Abstractions;
 using Sidecar.Audit;
-using Sidecar.Cli;
 using Sidecar.Configuration;
 using Sidecar.Decisions;
 using Sidecar.Tests.Audit;
@@ -18,13 +17,7 @@ public sealed class AuditVerifyCliTests : IDisposable
 
     private string FilePath => Path.Combine(_folder, "audit.jsonl");
 
-    private static async Task<(int Exit, string Out, string Err)> Run(params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        var exit = await SidecarCli.InvokeAsync(args, output, error);
-        return (exit, output.ToString(), error.ToString());
-    }
+    private static Task<(int Exit, string Out, string Err)> Run(params string[] args) => CliTests.Run(args);
 
     [Fact]
     public async Task A_complete_trail_passes_with_and_without_strict()
@@ -78,7 +71,7 @@ public sealed class AuditVerifyCliTests : IDisposable
     {
         var sink = new FileAuditSink(new AuditFileConfig(FilePath, AuditFileConfig.DefaultMaxBytes, 10), NullLogger.Instance);
         var failing = new MemorySink { Fail = true };
-        var pipeline = new AuditPipeline(AuditTest.Config(buffer: 64), [sink, failing], NullLogger.Instance, TimeSpan.FromMinutes(1), sink.Head, "test");
+        var pipeline = new AuditPipeline(AuditTest.Config(buffer: 64) with { OnFull = AuditOverflow.Drop }, [sink, failing], NullLogger.Instance, TimeSpan.FromMinutes(1), sink.Head, "test");
         // Not started yet: nothing drains, so 36 of the 100 records find the queue full.
         for (var i = 0; i < 100; i++)
         {

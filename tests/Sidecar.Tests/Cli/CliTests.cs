@@ -5,7 +5,7 @@ namespace Sidecar.Tests.Cli;
 
 public class CliTests
 {
-    private static async Task<(int Exit, string Out, string Err)> Run(params string[] args)
+    internal static async Task<(int Exit, string Out, string Err)> Run(params string[] args)
     {
         var output = new StringWriter();
         var error = new StringWriter();

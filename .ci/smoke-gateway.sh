@@ -63,5 +63,5 @@ audit="$work/audit/audit.jsonl"
 grep -q '"type":"audit_stop"' "$audit" || { echo "no audit_stop: the trail was not drained on shutdown" >&2; exit 1; }
 grep '"requestId":4' "$audit" | grep -q '"decision":"deny"' || { echo "the denied call is not in the audit trail" >&2; exit 1; }
 grep '"requestId":3' "$audit" | grep -q '"outcome":"ok"' || { echo "the allowed call has no outcome in the audit trail" >&2; exit 1; }
-"$bin" audit verify "$audit"
+"$bin" audit verify --strict "$audit"
 echo "audit smoke test passed: 4 decisions recorded, drained on SIGTERM, chain verified by the AOT binary"

@@ -308,7 +308,7 @@ public sealed class AuditPipeline : IAsyncDisposable
     {
         BeginEvent("tool_call", WallClock(entry.Timestamp));
         var json = _json;
-        json.WriteString("server"u8, entry.Server);
+        WriteOptional(json, "server"u8, entry.Server);
         WriteOptional(json, "session"u8, entry.Session);
         WriteOptional(json, "identity"u8, entry.Identity);
         WriteOptional(json, "grant"u8, entry.Grant);
@@ -320,10 +320,11 @@ public sealed class AuditPipeline : IAsyncDisposable
         }
         else
         {
+            // The raw id token as the agent sent it: the scanner checked that it is one JSON string or number.
             json.WritePropertyName("requestId"u8);
-            json.WriteRawValue(id, skipInputValidation: false);
+            json.WriteRawValue(id, skipInputValidation: true);
         }
-        json.WriteString("decision"u8, entry.Decision.ToWireName());
+        WriteOptional(json, "decision"u8, entry.Decision.ToWireName());
         json.WriteBoolean("enforced"u8, entry.Enforced);
         WriteOptional(json, "rule"u8, entry.Rule);
         WriteOptional(json, "reason"u8, entry.Reason);
@@ -343,14 +344,14 @@ public sealed class AuditPipeline : IAsyncDisposable
             json.WriteBoolean("argumentsTruncated"u8, true);
             json.WriteNumber("argumentsBytes"u8, entry.ArgumentsTotalLength);
         }
-        json.WriteString("outcome"u8, outcome.ToWireName());
+        WriteOptional(json, "outcome"u8, outcome.ToWireName());
         if (errorCode != 0)
         {
             json.WriteNumber("errorCode"u8, errorCode);
         }
         if (latencyTicks >= 0)
         {
-            json.WriteNumber("upstreamMs"u8, Math.Round(latencyTicks * 1000.0 / Stopwatch.Frequency, 3));
+            WriteMilliseconds(json, "upstreamMs"u8, latencyTicks);
         }
         EndEvent();
     }
@@ -358,16 +359,57 @@ public sealed class AuditPipeline : IAsyncDisposable
     private DateTime WallClock(long timestamp)
         => _anchorUtc - TimeSpan.FromSeconds((double)(_anchorTimestamp - timestamp) / Stopwatch.Frequency);
 
-    private static void WriteOptional(Utf8JsonWriter json, ReadOnlySpan<byte> name, string? value)
+    /// <summary>
+    /// A duration as milliseconds with up to three decimals (<c>0.812</c>), written from whole microseconds: formatting
+    /// a double (shortest round trip) cost more than everything else in the number's field.
+    /// </summary>
+    private static void WriteMilliseconds(Utf8JsonWriter json, ReadOnlySpan<byte> name, long ticks)
+    {
+        var microseconds = (long)Math.Round(ticks * 1_000_000.0 / Stopwatch.Frequency);
+        Span<byte> text = stackalloc byte[24];
+        System.Buffers.Text.Utf8Formatter.TryFormat(microseconds / 1000, text, out var at);
+        var fraction = (int)(microseconds % 1000);
+        if (fraction != 0)
+        {
+            text[at++] = (byte)'.';
+            text[at++] = (byte)('0' + (fraction / 100));
+            text[at++] = (byte)('0' + (fraction / 10 % 10));
+            text[at++] = (byte)('0' + (fraction % 10));
+            while (text[at - 1] == (byte)'0')
+            {
+                at--;
+            }
+        }
+        json.WritePropertyName(name);
+        json.WriteRawValue(text[..at], skipInputValidation: true);
+    }
+
+    private const int MaxEncoded = 4096;
+
+    /// <summary>
+    /// Strings the gateway hands over again and again (server names, session ids, rules, reasons), escaped once and
+    /// kept by reference: the recorder passes the very string objects the gateway holds, so a lookup is a pointer
+    /// comparison. Bounded: cleared when it holds <see cref="MaxEncoded"/> strings.
+    /// </summary>
+    private readonly Dictionary<string, JsonEncodedText> _encoded = new(ReferenceEqualityComparer.Instance);
+
+    private void WriteOptional(Utf8JsonWriter json, ReadOnlySpan<byte> name, string? value)
     {
         if (value is null)
         {
             json.WriteNull(name);
+            return;
         }
-        else
+        if (!_encoded.TryGetValue(value, out var encoded))
         {
-            json.WriteString(name, value);
+            if (_encoded.Count >= MaxEncoded)
+            {
+                _encoded.Clear();
+            }
+            encoded = JsonEncodedText.Encode(value);
+            _encoded[value] = encoded;
         }
+        json.WriteString(name, encoded);
     }
 
     private void WriteLifecycle(string type)

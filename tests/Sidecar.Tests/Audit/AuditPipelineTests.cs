@@ -36,6 +36,8 @@ public sealed class AuditPipelineTests
         Assert.Equal(2, second.GetProperty("requestId").GetInt32());
         Assert.Equal("tool_error", second.GetProperty("outcome").GetString());
         Assert.True(second.GetProperty("upstreamMs").GetDouble() >= 0);
+        // Milliseconds with at most three decimals (microseconds), and no trailing zeros.
+        Assert.Matches(@"^(0|[1-9][0-9]*)(\.[0-9]{0,2}[1-9])?$", second.GetProperty("upstreamMs").GetRawText());
         Assert.Equal("hi", second.GetProperty("arguments").GetProperty("message").GetString());
         await pipeline.DisposeAsync();
 

@@ -137,8 +137,8 @@ out.push('');
 // Audit trails: audit.tsv from run.sh (target, tool_call events, audit_gap events, records dropped, verify mode, exit
 // code, verify's last line); older result folders have a ready-made audit.txt.
 const auditRows = readText('audit.tsv').split('\n').filter(Boolean).map((l) => {
-  const [target, calls, gaps, dropped, mode, rc, verdict] = l.split('\t');
-  return { target, calls: Number(calls), gaps: Number(gaps), dropped: Number(dropped), mode, rc: Number(rc), verdict };
+  const [target, calls, gaps, dropped, mode, rc, verdict, writerCpu] = l.split('\t');
+  return { target, calls: Number(calls), gaps: Number(gaps), dropped: Number(dropped), mode, rc: Number(rc), verdict, writerCpu: writerCpu ? Number(writerCpu) : NaN };
 });
 // Whole runs (warm-up and drain included) where the generator reports it, like the trail; else measured windows.
 const shedOf = (t) => runs.filter((r) => r.target === t).reduce((a, r) => a + (Number(r.shedTotal ?? r.shed) || 0), 0);
@@ -146,10 +146,12 @@ const ranIn = (t) => Object.keys(SCENARIOS).filter((sc) => agg[`${sc}|${t}`]);
 if (auditRows.length > 0) {
   out.push('## Audit trails under load: what was kept, dropped, shed', '');
   out.push('Every Sidecar target writes its audit trail to a JSONL file (bench/load/results/audit/, rotated at 64 MB with 8 rotated files kept, so the trail of a whole run stays: the "tool_call events" are all of them unless the verdict says the trail starts after seq 1). After the run each is stopped with SIGTERM (draining its queue) and checked with `sidecar audit verify`: `--strict` (any gap or a missing audit_stop fails) for every target but sidecar-drop, which is expected to have gaps. A call is either audited (a tool_call event), forwarded without its record (counted in an audit_gap event: onFull "drop") or refused before forwarding with -32015 audit_backlog (onFull "shed", the default; counted by the generator over whole runs, warm-ups included, so comparable with the trail).', '');
-  out.push('| target | scenarios run | tool_call events (kept files) | audit_gap events | records dropped | calls shed (audit_backlog) | sidecar audit verify |', '|---|---|--:|--:|--:|--:|---|');
+  out.push('"writer CPU µs/event" is the audit writer thread\'s own CPU time (user + system, from /proc, over the whole run) divided by the tool_call events it wrote: what one event costs the writer under real load, hashing, formatting and file writes included.', '');
+  out.push('| target | scenarios run | tool_call events (kept files) | audit_gap events | records dropped | calls shed (audit_backlog) | writer CPU µs/event | sidecar audit verify |', '|---|---|--:|--:|--:|--:|--:|---|');
   for (const a of auditRows) {
     const v = `${a.mode}, exit ${a.rc}: ${a.verdict}`;
-    out.push(`| ${a.target} | ${ranIn(a.target).join(', ') || '–'} | ${int(a.calls)} | ${int(a.gaps)} | ${int(a.dropped)} | ${int(shedOf(a.target))} | ${a.rc === 0 ? v : `**${v}**`} |`);
+    const perEvent = Number.isFinite(a.writerCpu) && a.calls > 0 ? f((a.writerCpu * 1e6) / a.calls, 1) : '–';
+    out.push(`| ${a.target} | ${ranIn(a.target).join(', ') || '–'} | ${int(a.calls)} | ${int(a.gaps)} | ${int(a.dropped)} | ${int(shedOf(a.target))} | ${perEvent} | ${a.rc === 0 ? v : `**${v}**`} |`);
   }
   out.push('');
 } else if (readText('audit.txt')) {

@@ -215,6 +215,16 @@ SIDECAR_TARGETS=()
 for name in sidecar-http sidecar-stdio sidecar-trip sidecar-spin sidecar-drop sidecar-durable; do
   skipped "$name" || SIDECAR_TARGETS+=("$name")
 done
+# The audit writer's own CPU (its thread is named sidecar-audit-writer, "sidecar-audit-w" in /proc), read before the
+# stop: its CPU per event written, under the real load of the whole run.
+declare -A WRITER_CPU
+tick=$(getconf CLK_TCK)
+for name in "${SIDECAR_TARGETS[@]}"; do
+  pid_var="PID_${name//-/_}"
+  WRITER_CPU[$name]=$(for task in /proc/"${!pid_var}"/task/*; do
+      if [[ "$(cat "$task/comm" 2>/dev/null)" == sidecar-audit-w ]]; then awk -v t="$tick" '{printf "%.3f", ($14 + $15) / t}' "$task/stat"; fi
+    done || true)
+done
 for name in "${SIDECAR_TARGETS[@]}"; do
   pid_var="PID_${name//-/_}"
   kill -TERM "${!pid_var}" 2>/dev/null || true
@@ -235,7 +245,7 @@ if [[ "$verify_help" == *--strict* ]]; then STRICT_OK=1; else
   log "this sidecar's audit verify has no --strict: the trails are verified without it (gaps are then notes, not failures)"
 fi
 # audit.tsv: target, tool_call events, audit_gap events, records dropped (sum of their "dropped"), verify mode,
-# verify exit code, verify's last line.
+# verify exit code, verify's last line, the audit writer thread's CPU seconds.
 : > "$RESULTS/audit.tsv"
 rm -f "$RESULTS/audit.txt" # the table of older runs (report.mjs falls back to it when there is no audit.tsv)
 for name in "${SIDECAR_TARGETS[@]}"; do
@@ -251,7 +261,7 @@ for name in "${SIDECAR_TARGETS[@]}"; do
   calls=$(cat "${files[@]}" 2>/dev/null | grep -c '"type":"tool_call"' || true)
   gaps=$(cat "${files[@]}" 2>/dev/null | grep -c '"type":"audit_gap"' || true)
   dropped=$(audit_dropped "$name")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$calls" "$gaps" "$dropped" "$mode" "$rc" "${verdict//$'\t'/ }" >> "$RESULTS/audit.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$calls" "$gaps" "$dropped" "$mode" "$rc" "${verdict//$'\t'/ }" "${WRITER_CPU[$name]:-}" >> "$RESULTS/audit.tsv"
   if [[ "$rc" != 0 ]]; then log "audit verify ($mode) failed for $name: $verdict (see results/audit/$name.verify.txt)"; fi
 done
 log "audit trails:"; cat "$RESULTS/audit.tsv" >&2

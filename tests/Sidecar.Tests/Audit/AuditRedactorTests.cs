@@ -141,4 +141,80 @@ public sealed class AuditRedactorTests
             Assert.DoesNotContain("\"pw\"", Encoding.UTF8.GetString(buffer.WrittenSpan), StringComparison.Ordinal);
         }
     }
+
+    /// <summary>A string value under an ordinary key, written as raw UTF-8 (only <c>" \ \n \t</c> escaped) or with every
+    /// non-ASCII and HTML-sensitive character escaped (<c>\u…</c>, as <see cref="JsonSerializer"/> writes it).</summary>
+    private static (string? Note, bool Cut) Note(string value, bool escaped = false, int maxString = 256, params string[] extraKeys)
+    {
+        var raw = escaped
+            ? JsonSerializer.Serialize(new Dictionary<string, string> { ["note"] = value })
+            : "{\"note\":\"" + value.Replace("\\", "\\\\", StringComparison.Ordinal).Replace("\"", "\\\"", StringComparison.Ordinal)
+                .Replace("\n", "\\n", StringComparison.Ordinal).Replace("\t", "\\t", StringComparison.Ordinal) + "\"}";
+        var (args, cut) = Write(raw, maxString: maxString, extraKeys: extraKeys);
+        return (args.GetProperty("note").GetString(), cut);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Strings_are_cut_in_utf16_code_units_never_inside_a_pair(bool escaped)
+    {
+        // 5 + 2 per emoji: the 12th and 13th code units are one emoji, which is kept whole or not at all.
+        var value = "abcde" + string.Concat(Enumerable.Repeat("😀", 10));
+        var (note, cut) = Note(value, escaped, maxString: 12);
+        Assert.True(cut);
+        Assert.Equal("abcde😀😀😀…[14 more chars]", note);
+        (note, cut) = Note(value, escaped, maxString: 25);
+        Assert.False(cut);
+        Assert.Equal(value, note);
+    }
+
+    [Theory]
+    [InlineData("password")]
+    [InlineData("X-Api-Key")]
+    [InlineData("user.session_id")]
+    [InlineData("keyboard")]
+    [InlineData("ssn")]
+    [InlineData("ssn_number")]
+    [InlineData("TO\u212AEN")] // the Kelvin sign lower-cases to k: the string path decides
+    [InlineData("Paßword")]
+    [InlineData("")]
+    public void Keys_as_utf8_are_judged_as_strings(string key)
+    {
+        var redactor = new AuditRedactor(["iban", "K"], 256);
+        Assert.Equal(redactor.IsSecretKey(key), redactor.IsSecretKey(Encoding.UTF8.GetBytes(key)));
+        var plain = new AuditRedactor([], 256);
+        Assert.Equal(plain.IsSecretKey(key), plain.IsSecretKey(Encoding.UTF8.GetBytes(key)));
+    }
+
+    [Fact]
+    public void Strings_with_nothing_to_redact_are_written_exactly_as_the_string_writer_writes_them()
+    {
+        string[] values = ["plain", "é ü ß 日本 😀", "quote \" backslash \\ tab \t nl \n", "<html> & 'amp' +", "\u0001\u001f\u007f", "\u2028\u2029"];
+        foreach (var value in values)
+        {
+            var expected = new ArrayBufferWriter<byte>();
+            using (var writer = new Utf8JsonWriter(expected))
+            {
+                writer.WriteStartObject();
+                writer.WritePropertyName("arguments"u8);
+                writer.WriteStartObject();
+                writer.WriteString("note", value);
+                writer.WriteEndObject();
+                writer.WriteEndObject();
+            }
+            foreach (var escaped in new[] { false, true })
+            {
+                var raw = escaped ? JsonSerializer.Serialize(new Dictionary<string, string> { ["note"] = value }) : "{\"note\":" + JsonSerializer.Serialize(value, new JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }) + "}";
+                var actual = new ArrayBufferWriter<byte>();
+                using (var writer = new Utf8JsonWriter(actual))
+                {
+                    writer.WriteStartObject();
+                    new AuditRedactor([], 256).WriteArguments(writer, Encoding.UTF8.GetBytes(raw), complete: true);
+                    writer.WriteEndObject();
+                }
+                Assert.Equal(Encoding.UTF8.GetString(expected.WrittenSpan), Encoding.UTF8.GetString(actual.WrittenSpan));
+            }
+        }
+    }
 }

@@ -7,11 +7,13 @@ namespace Sidecar.Audit;
 /// <summary>
 /// Writes a call's arguments into an audit event with secrets removed and long values cut: values under secret-like
 /// keys (<c>password</c>, <c>token</c>, <c>api_key</c>, <c>authorization</c>, … plus the configured keys) and string
-/// values that look like credentials (bearer tokens, JWTs, private keys, well-known API key shapes, passwords in URLs)
-/// become <c>"[REDACTED]"</c>. Runs on the audit writer, never on the call's path, and on one thread: it owns its
-/// buffers. Strings are read and written as UTF-8; one where nothing is found and nothing is cut costs no allocation.
+/// values that look like credentials (bearer tokens, JWTs, private keys, well-known API key shapes) become
+/// <c>"[REDACTED]"</c>; credentials inside longer strings (<c>token=…</c>, <c>Bearer …</c>, JWTs, API keys, PEM private
+/// keys, passwords in URLs) are replaced in place, the rest of the text kept (AuditRedactor.Text.cs). Runs on the
+/// audit writer, never on the call's path, and on one thread: it owns its buffers. Strings are read and written as
+/// UTF-8; one where nothing is found and nothing is cut costs no allocation.
 /// </summary>
-public sealed class AuditRedactor
+public sealed partial class AuditRedactor
 {
     public const string Redacted = "[REDACTED]";
 
@@ -42,29 +44,6 @@ public sealed class AuditRedactor
     private static readonly SearchValues<byte> NormalizedKeyBytes = SearchValues.Create(
         [.. Enumerable.Range(0, 128).Select(b => (byte)b).Where(b => !char.IsAsciiLetterUpper((char)b) && b is not ((byte)'_' or (byte)'-' or (byte)'.' or (byte)' '))]);
 
-    /// <summary>What an API key (after its prefix) is made of.</summary>
-    private static readonly SearchValues<byte> KeyTextBytes =
-        SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"u8);
-
-    /// <summary>What a JWT is made of (base64url, with the padding and base64 characters some encoders leave).</summary>
-    private static readonly SearchValues<byte> JwtTextBytes =
-        SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/"u8);
-
-    /// <summary>Well-known API key prefixes; a key is the prefix and at least <see cref="KeyPrefixMinTail"/> more of <see cref="KeyTextBytes"/>.</summary>
-    private static readonly byte[][] KeyPrefixes =
-    [
-        .. new[]
-        {
-            "sk-", "sk_live_", "sk_test_", "rk_live_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_",
-            "xoxb-", "xoxp-", "xoxa-", "xoxs-", "glpat-", "AIza", "npm_", "hf_",
-        }.Select(Encoding.ASCII.GetBytes),
-    ];
-
-    private const int KeyPrefixMinTail = 16;
-
-    /// <summary>AWS access key ids: <c>AKIA</c>/<c>ASIA</c> and 16 upper-case letters or digits.</summary>
-    private const int AwsKeyIdLength = 20;
-
     /// <summary>Longer normalized keys take a pooled buffer instead of the stack.</summary>
     private const int StackKeyBytes = 128;
 
@@ -76,7 +55,7 @@ public sealed class AuditRedactor
     /// <summary>Unescaped property names and strings (only those written with escapes).</summary>
     private byte[] _unescaped = new byte[256];
 
-    /// <summary>A string with its URL password replaced, or cut.</summary>
+    /// <summary>A string with its embedded credentials replaced, or cut.</summary>
     private byte[] _text = new byte[512];
 
     public AuditRedactor(IReadOnlyList<string> extraKeys, int maxStringLength)
@@ -197,20 +176,29 @@ public sealed class AuditRedactor
         return false;
     }
 
-    /// <summary>True when a string value looks like a credential whatever its key.</summary>
+    /// <summary>
+    /// True when a string value as a whole (without surrounding white space) looks like a credential whatever its key:
+    /// <c>Bearer …</c>/<c>Basic …</c>, a PEM block (<c>-----BEGIN</c>), a JWT, a well-known API key shape, an AWS
+    /// access key id. Credentials inside longer text are found by <see cref="WriteArguments"/>, not by this.
+    /// </summary>
     public static bool LooksSecret(string value) => LooksSecret(Encoding.UTF8.GetBytes(value));
 
     /// <inheritdoc cref="LooksSecret(string)"/>
     public static bool LooksSecret(ReadOnlySpan<byte> utf8Value)
     {
-        var v = TrimWhiteSpace(utf8Value);
-        if (StartsWithIgnoreCase(v, "Bearer "u8) || StartsWithIgnoreCase(v, "Basic "u8) || v.IndexOf("-----BEGIN"u8) >= 0)
-        {
-            return true;
-        }
-        if (v.IsEmpty)
+        // Every shape starts with one of a few bytes: most strings are done here, without trimming (ASCII white space is <= ' ').
+        if (utf8Value.IsEmpty || (utf8Value[0] is > (byte)' ' and < 0x80 && !WholeSecretFirstBytes.Contains(utf8Value[0])))
         {
             return false;
+        }
+        var v = TrimWhiteSpace(utf8Value);
+        if (v.IsEmpty || !WholeSecretFirstBytes.Contains(v[0]))
+        {
+            return false;
+        }
+        if (StartsWithIgnoreCase(v, "Bearer "u8) || StartsWithIgnoreCase(v, "Basic "u8) || v.StartsWith("-----BEGIN"u8))
+        {
+            return true;
         }
         // JSON Web Tokens: three base64url segments, the header a JSON object ("eyJ").
         if (v.StartsWith("eyJ"u8) && v.Count((byte)'.') == 2 && v.Length > 20 && v.IndexOfAnyExcept(JwtTextBytes) < 0)
@@ -224,30 +212,28 @@ public sealed class AuditRedactor
                 return true;
             }
         }
-        return v.Length == AwsKeyIdLength && IsAwsKeyId(v);
+        return v.Length == AwsKeyIdLength && IsAwsKeyIdAt(v, 0);
     }
 
-    /// <summary>A URL's password (<c>scheme://user:password@host</c>) replaced; other strings returned as they are.</summary>
+    /// <summary>Every URL password (<c>scheme://user:password@host</c>) in <paramref name="value"/> replaced; other text kept.</summary>
     public static string RedactUrlPassword(string value)
     {
-        var scheme = value.IndexOf("://", StringComparison.Ordinal);
-        if (scheme <= 0)
+        if (!value.Contains("://", StringComparison.Ordinal))
         {
             return value;
         }
-        var authorityStart = scheme + 3;
-        var authorityEnd = value.IndexOfAny(['/', '?', '#'], authorityStart);
-        if (authorityEnd < 0)
+        var text = Encoding.UTF8.GetBytes(value);
+        var result = new StringBuilder(value.Length);
+        var from = 0;
+        for (var i = text.AsSpan().IndexOf("://"u8); i >= 0; i = NextIndexOf(text, "://"u8, i + 3))
         {
-            authorityEnd = value.Length;
+            if (TryUrlPassword(text, i, out var start, out var end) && start >= from)
+            {
+                result.Append(Encoding.UTF8.GetString(text, from, start - from)).Append(Redacted);
+                from = end;
+            }
         }
-        var at = value.LastIndexOf('@', authorityEnd - 1, authorityEnd - authorityStart);
-        if (at < 0)
-        {
-            return value;
-        }
-        var colon = value.IndexOf(':', authorityStart, at - authorityStart);
-        return colon < 0 ? value : string.Concat(value.AsSpan(0, colon + 1), Redacted, value.AsSpan(at));
+        return from == 0 ? value : result.Append(Encoding.UTF8.GetString(text, from, text.Length - from)).ToString();
     }
 
     /// <summary>
@@ -410,7 +396,7 @@ public sealed class AuditRedactor
             writer.WriteStringValue(RedactedUtf8);
             return false;
         }
-        var text = RedactUrlPassword(value);
+        var text = RedactEmbedded(value);
         // A UTF-8 string has at least as many bytes as UTF-16 code units: most strings need no count.
         var chars = text.Length <= MaxStringLength ? text.Length : Encoding.UTF8.GetCharCount(text);
         if (chars <= MaxStringLength)
@@ -420,35 +406,6 @@ public sealed class AuditRedactor
         }
         writer.WriteStringValue(Cut(text, chars));
         return true;
-    }
-
-    /// <summary>
-    /// <see cref="RedactUrlPassword(string)"/> on UTF-8: the input itself when it has no URL password, otherwise the
-    /// result in <see cref="_text"/>.
-    /// </summary>
-    private ReadOnlySpan<byte> RedactUrlPassword(ReadOnlySpan<byte> value)
-    {
-        var scheme = value.IndexOf("://"u8);
-        if (scheme <= 0)
-        {
-            return value;
-        }
-        var authorityStart = scheme + 3;
-        var authorityEnd = value[authorityStart..].IndexOfAny((byte)'/', (byte)'?', (byte)'#');
-        var authority = authorityEnd < 0 ? value[authorityStart..] : value.Slice(authorityStart, authorityEnd);
-        var at = authority.LastIndexOf((byte)'@');
-        var colon = at < 0 ? -1 : authority[..at].IndexOf((byte)':');
-        if (colon < 0)
-        {
-            return value;
-        }
-        var keep = authorityStart + colon + 1;
-        var rest = value[(authorityStart + at)..];
-        EnsureText(keep + RedactedUtf8.Length + rest.Length, preserve: false);
-        value[..keep].CopyTo(_text);
-        RedactedUtf8.CopyTo(_text.AsSpan(keep));
-        rest.CopyTo(_text.AsSpan(keep + RedactedUtf8.Length));
-        return _text.AsSpan(0, keep + RedactedUtf8.Length + rest.Length);
     }
 
     /// <summary>
@@ -530,63 +487,9 @@ public sealed class AuditRedactor
         return index;
     }
 
-    /// <summary><c>AKIA</c>/<c>ASIA</c> and 16 upper-case letters or digits.</summary>
-    private static bool IsAwsKeyId(ReadOnlySpan<byte> v)
+    private static int NextIndexOf(ReadOnlySpan<byte> text, ReadOnlySpan<byte> value, int from)
     {
-        if (!(v.StartsWith("AKIA"u8) || v.StartsWith("ASIA"u8)))
-        {
-            return false;
-        }
-        foreach (var b in v[4..AwsKeyIdLength])
-        {
-            if (!(char.IsAsciiLetterUpper((char)b) || char.IsAsciiDigit((char)b)))
-            {
-                return false;
-            }
-        }
-        return true;
-    }
-
-    private static bool StartsWithIgnoreCase(ReadOnlySpan<byte> text, ReadOnlySpan<byte> prefix)
-        => text.Length >= prefix.Length && Ascii.EqualsIgnoreCase(text[..prefix.Length], prefix);
-
-    /// <summary><paramref name="text"/> without leading and trailing white space (as <see cref="char.IsWhiteSpace(char)"/> sees it).</summary>
-    private static ReadOnlySpan<byte> TrimWhiteSpace(ReadOnlySpan<byte> text)
-    {
-        while (!text.IsEmpty)
-        {
-            int width;
-            if (text[0] < 0x80)
-            {
-                if (!char.IsWhiteSpace((char)text[0]))
-                {
-                    break;
-                }
-                width = 1;
-            }
-            else if (Rune.DecodeFromUtf8(text, out var rune, out width) != OperationStatus.Done || !Rune.IsWhiteSpace(rune))
-            {
-                break;
-            }
-            text = text[width..];
-        }
-        while (!text.IsEmpty)
-        {
-            int width;
-            if (text[^1] < 0x80)
-            {
-                if (!char.IsWhiteSpace((char)text[^1]))
-                {
-                    break;
-                }
-                width = 1;
-            }
-            else if (Rune.DecodeLastFromUtf8(text, out var rune, out width) != OperationStatus.Done || !Rune.IsWhiteSpace(rune))
-            {
-                break;
-            }
-            text = text[..^width];
-        }
-        return text;
+        var i = text[from..].IndexOf(value);
+        return i < 0 ? -1 : from + i;
     }
 }

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Text;
 using System.Text.Json;
 using BenchmarkDotNet.Attributes;
 using Sidecar.Audit;
@@ -9,7 +10,8 @@ namespace Sidecar.Benchmarks;
 /// <summary>
 /// <see cref="AuditRedactor.WriteArguments(Utf8JsonWriter, ReadOnlySpan{byte}, bool)"/> on the audit writer's thread:
 /// secret keys, credential-shaped strings (whole or inside text), URL passwords and long strings, written into a
-/// reused writer. The default <c>maxStringLength</c> (256) cuts none of these strings, so this is the scan alone.
+/// reused writer. The default <c>maxStringLength</c> (256) cuts none of these strings, so this is the scan alone; the
+/// four secrets in the last fixture are each replaced in place.
 /// </summary>
 [MemoryDiagnoser]
 [Config(typeof(BenchConfig))]
@@ -38,6 +40,15 @@ public class RedactionBenchmarks
             if (_redactor.WriteArguments(_writer, fixture, complete: true))
             {
                 throw new InvalidOperationException("a fixture's string was cut: the benchmark would measure the cut, not the scan");
+            }
+        }
+        _ = Write(Payloads.ProseArgumentsWithSecrets);
+        var written = Encoding.UTF8.GetString(_buffer.WrittenSpan);
+        foreach (var secret in (ReadOnlySpan<string>)["sk-live-4f9a", "eyJhbGci", "Wh1teRabb1t", "ghp_Z8x1"])
+        {
+            if (written.Contains(secret, StringComparison.Ordinal) || !written.Contains("[REDACTED]", StringComparison.Ordinal))
+            {
+                throw new InvalidOperationException($"the embedded secret {secret}… was not redacted");
             }
         }
     }

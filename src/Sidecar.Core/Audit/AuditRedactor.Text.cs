@@ -38,9 +38,12 @@ public sealed partial class AuditRedactor
     private static readonly SearchValues<byte> JwtTextBytes =
         SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/"u8);
 
-    /// <summary>One segment of a JWT (<see cref="JwtTextBytes"/> without the dot).</summary>
+    /// <summary>
+    /// One segment of a JWT inside text: base64url (padding, <c>=</c>, only at its end). Not <c>+ / =</c> within it:
+    /// those are also where a JWT may start, so a run of them could be scanned again from every <c>eyJ</c> in it.
+    /// </summary>
     private static readonly SearchValues<byte> JwtSegmentBytes =
-        SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=+/"u8);
+        SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"u8);
 
     /// <summary>What the token after <c>Bearer</c>/<c>Basic</c> is made of (RFC 6750's b64token).</summary>
     private static readonly SearchValues<byte> SchemeTokenBytes =
@@ -463,7 +466,12 @@ public sealed partial class AuditRedactor
     private static int SegmentEnd(ReadOnlySpan<byte> text, int from)
     {
         var length = text[from..].IndexOfAnyExcept(JwtSegmentBytes);
-        return length < 0 ? text.Length : from + length;
+        var end = length < 0 ? text.Length : from + length;
+        while (end < text.Length && text[end] == '=')
+        {
+            end++;
+        }
+        return end;
     }
 
     /// <summary>A PEM private key block at <paramref name="s"/>: to the end of its <c>-----END …-----</c>, or of the text.</summary>

@@ -375,4 +375,28 @@ public sealed class AuditRedactorTests
             }
         }
     }
+    [Theory]
+    [InlineData("eyJ/")]
+    [InlineData("eyJ=")]
+    [InlineData("eyJ+x.")]
+    [InlineData("a=")]
+    [InlineData("password =")]
+    [InlineData(" :")]
+    [InlineData("x:// a:b ")]
+    [InlineData("-")]
+    [InlineData("_ghp")]
+    [InlineData("bearer x-")]
+    [InlineData("Basic ")]
+    [InlineData("AKIA")]
+    [InlineData("-----BEGIN X-----")]
+    [InlineData("\\\"k\\\":")]
+    public void Redaction_takes_linear_time_on_repeated_shapes(string unit)
+    {
+        // 2 MB of the same near-miss: milliseconds; a rule that rescanned what follows each candidate takes a minute.
+        var value = string.Concat(Enumerable.Repeat(unit, (2 << 20) / unit.Length));
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        var (note, _) = Note(value, maxString: 4 << 20);
+        Assert.NotNull(note);
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(5), $"{watch.Elapsed} for {unit}");
+    }
 }

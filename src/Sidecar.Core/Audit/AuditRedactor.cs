@@ -7,14 +7,19 @@ namespace Sidecar.Audit;
 /// <summary>
 /// Writes a call's arguments into an audit event with secrets removed and long values cut: values under secret-like
 /// keys (<c>password</c>, <c>token</c>, <c>api_key</c>, <c>authorization</c>, … plus the configured keys) and string
-/// values that look like credentials (bearer tokens, JWTs, private keys, well-known API key shapes, passwords in URLs)
-/// become <c>"[REDACTED]"</c>. Runs on the audit writer, never on the call's path.
+/// values that look like credentials (bearer tokens, JWTs, private keys, well-known API key shapes) become
+/// <c>"[REDACTED]"</c>; credentials inside longer strings (<c>token=…</c>, <c>Bearer …</c>, JWTs, API keys, PEM private
+/// keys, passwords in URLs) are replaced in place, the rest of the text kept (AuditRedactor.Text.cs). Runs on the
+/// audit writer, never on the call's path, and on one thread: it owns its buffers. Strings are read and written as
+/// UTF-8; one where nothing is found and nothing is cut costs no allocation.
 /// </summary>
-public sealed class AuditRedactor
+public sealed partial class AuditRedactor
 {
     public const string Redacted = "[REDACTED]";
 
-    /// <summary>Keys (compared lower-case, without <c>_ - .</c>) whose value is always redacted when the key contains one.</summary>
+    private static ReadOnlySpan<byte> RedactedUtf8 => "[REDACTED]"u8;
+
+    /// <summary>Keys (compared lower-case, without <c>_ - .</c> and spaces) whose value is always redacted when the key contains one.</summary>
     private static readonly string[] SecretKeyParts =
     [
         "password", "passwd", "passphrase", "secret", "token", "apikey", "privatekey", "credential", "accesskey",
@@ -24,20 +29,53 @@ public sealed class AuditRedactor
     /// <summary>Keys redacted only on an exact match (too short to match as parts).</summary>
     private static readonly string[] SecretKeys = ["auth", "pwd", "pass", "pin", "cvv", "cvc", "ssn", "otp", "jwt", "bearer"];
 
+    /// <summary><see cref="SecretKeyParts"/> as ASCII, indexed by their first byte: a key is searched in one pass.</summary>
+    private static readonly byte[][]?[] SecretKeyPartsByFirstByte = IndexByFirstByte(SecretKeyParts);
+
+    private static readonly byte[][] SecretKeysUtf8 = [.. SecretKeys.Select(Encoding.ASCII.GetBytes)];
+
+    private static readonly int ShortestSecretKeyPart = SecretKeyParts.Min(part => part.Length);
+
+    private static readonly int ShortestSecretKey = SecretKeys.Min(key => key.Length);
+
+    private static readonly int LongestSecretKey = SecretKeys.Max(key => key.Length);
+
+    /// <summary>What a normalized ASCII key is made of (no upper case, no <c>_ - .</c> or space).</summary>
+    private static readonly SearchValues<byte> NormalizedKeyBytes = SearchValues.Create(
+        [.. Enumerable.Range(0, 128).Select(b => (byte)b).Where(b => !char.IsAsciiLetterUpper((char)b) && b is not ((byte)'_' or (byte)'-' or (byte)'.' or (byte)' '))]);
+
+    /// <summary>Longer normalized keys take a pooled buffer instead of the stack.</summary>
+    private const int StackKeyBytes = 128;
+
     private readonly string[] _extraKeys;
+
+    /// <summary>The normalized configured keys that are ASCII: the only ones an ASCII key can contain.</summary>
+    private readonly byte[][] _extraKeysUtf8;
+
+    /// <summary>Unescaped property names and strings (only those written with escapes).</summary>
+    private byte[] _unescaped = new byte[256];
+
+    /// <summary>A string with its embedded credentials replaced, or cut.</summary>
+    private byte[] _text = new byte[512];
 
     public AuditRedactor(IReadOnlyList<string> extraKeys, int maxStringLength)
     {
         var keys = new string[extraKeys.Count];
+        var ascii = new List<byte[]>(keys.Length);
         for (var i = 0; i < keys.Length; i++)
         {
             keys[i] = Normalize(extraKeys[i]);
+            if (keys[i].Length > 0 && Ascii.IsValid(keys[i]))
+            {
+                ascii.Add(Encoding.ASCII.GetBytes(keys[i]));
+            }
         }
         _extraKeys = keys;
+        _extraKeysUtf8 = [.. ascii];
         MaxStringLength = maxStringLength;
     }
 
-    /// <summary>Strings longer than this many characters are cut (with a note of how much was cut).</summary>
+    /// <summary>Strings longer than this many characters (UTF-16 code units) are cut (with a note of how much was cut).</summary>
     public int MaxStringLength { get; }
 
     /// <summary>True when a value under <paramref name="key"/> must not be recorded.</summary>
@@ -68,39 +106,69 @@ public sealed class AuditRedactor
         return false;
     }
 
-    /// <summary>True when a string value looks like a credential whatever its key.</summary>
-    public static bool LooksSecret(string value)
+    /// <summary>
+    /// <see cref="IsSecretKey(string)"/> on a UTF-8 key, without allocating for an ASCII key. A key with non-ASCII bytes
+    /// takes the string path: <see cref="char.ToLowerInvariant(char)"/> maps some non-ASCII letters to ASCII ones
+    /// (the Kelvin sign to <c>k</c>), which an ASCII lower-casing would miss.
+    /// </summary>
+    public bool IsSecretKey(ReadOnlySpan<byte> utf8Key)
     {
-        var v = value.AsSpan().Trim();
-        if (v.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) || v.StartsWith("Basic ", StringComparison.OrdinalIgnoreCase)
-            || v.Contains("-----BEGIN", StringComparison.Ordinal))
+        if (utf8Key.IndexOfAnyExcept(NormalizedKeyBytes) < 0)
         {
-            return true;
+            return IsSecretNormalized(utf8Key); // already lower-case, nothing to drop: most keys
         }
-        // JSON Web Tokens: three base64url segments, the header a JSON object ("eyJ").
-        if (v.StartsWith("eyJ", StringComparison.Ordinal) && v.Count('.') == 2 && v.Length > 20 && IsTokenText(v, allowDots: true))
+        if (!Ascii.IsValid(utf8Key))
         {
-            return true;
+            return IsSecretKey(Encoding.UTF8.GetString(utf8Key));
         }
-        ReadOnlySpan<string> prefixes = ["sk-", "sk_live_", "sk_test_", "rk_live_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_",
-            "xoxb-", "xoxp-", "xoxa-", "xoxs-", "glpat-", "AIza", "npm_", "hf_"];
-        foreach (var prefix in prefixes)
+        byte[]? rented = null;
+        var buffer = utf8Key.Length <= StackKeyBytes
+            ? stackalloc byte[StackKeyBytes]
+            : (rented = ArrayPool<byte>.Shared.Rent(utf8Key.Length));
+        var length = 0;
+        foreach (var b in utf8Key)
         {
-            if (v.StartsWith(prefix, StringComparison.Ordinal) && v.Length >= prefix.Length + 16 && IsTokenText(v, allowDots: false))
+            if (b is not ((byte)'_' or (byte)'-' or (byte)'.' or (byte)' '))
             {
-                return true;
+                buffer[length++] = char.IsAsciiLetterUpper((char)b) ? (byte)(b | 0x20) : b;
             }
         }
-        // AWS access key ids: AKIA/ASIA + 16 upper-case letters or digits.
-        if (v.Length == 20 && (v.StartsWith("AKIA", StringComparison.Ordinal) || v.StartsWith("ASIA", StringComparison.Ordinal)))
+        var secret = IsSecretNormalized(buffer[..length]);
+        if (rented is not null)
         {
-            var rest = v[4..];
-            var ok = true;
-            foreach (var c in rest)
+            ArrayPool<byte>.Shared.Return(rented);
+        }
+        return secret;
+    }
+
+    private bool IsSecretNormalized(ReadOnlySpan<byte> key)
+    {
+        for (var i = 0; i <= key.Length - ShortestSecretKeyPart; i++)
+        {
+            if (SecretKeyPartsByFirstByte[key[i]] is { } parts)
             {
-                ok &= char.IsAsciiLetterUpper(c) || char.IsAsciiDigit(c);
+                foreach (var part in parts)
+                {
+                    if (key[i..].StartsWith(part))
+                    {
+                        return true;
+                    }
+                }
             }
-            if (ok)
+        }
+        if (key.Length >= ShortestSecretKey && key.Length <= LongestSecretKey)
+        {
+            foreach (var exact in SecretKeysUtf8)
+            {
+                if (key.SequenceEqual(exact))
+                {
+                    return true;
+                }
+            }
+        }
+        foreach (var extra in _extraKeysUtf8)
+        {
+            if (key.IndexOf(extra) >= 0)
             {
                 return true;
             }
@@ -108,27 +176,64 @@ public sealed class AuditRedactor
         return false;
     }
 
-    /// <summary>A URL's password (<c>scheme://user:password@host</c>) replaced; other strings returned as they are.</summary>
+    /// <summary>
+    /// True when a string value as a whole (without surrounding white space) looks like a credential whatever its key:
+    /// <c>Bearer …</c>/<c>Basic …</c>, a PEM block (<c>-----BEGIN</c>), a JWT, a well-known API key shape, an AWS
+    /// access key id. Credentials inside longer text are found by <see cref="WriteArguments"/>, not by this.
+    /// </summary>
+    public static bool LooksSecret(string value) => LooksSecret(Encoding.UTF8.GetBytes(value));
+
+    /// <inheritdoc cref="LooksSecret(string)"/>
+    public static bool LooksSecret(ReadOnlySpan<byte> utf8Value)
+    {
+        // Every shape starts with one of a few bytes: most strings are done here, without trimming (ASCII white space is <= ' ').
+        if (utf8Value.IsEmpty || (utf8Value[0] is > (byte)' ' and < 0x80 && !WholeSecretFirstBytes.Contains(utf8Value[0])))
+        {
+            return false;
+        }
+        var v = TrimWhiteSpace(utf8Value);
+        if (v.IsEmpty || !WholeSecretFirstBytes.Contains(v[0]))
+        {
+            return false;
+        }
+        if (StartsWithIgnoreCase(v, "Bearer "u8) || StartsWithIgnoreCase(v, "Basic "u8) || v.StartsWith("-----BEGIN"u8))
+        {
+            return true;
+        }
+        // JSON Web Tokens: three base64url segments, the header a JSON object ("eyJ").
+        if (v.StartsWith("eyJ"u8) && v.Count((byte)'.') == 2 && v.Length > 20 && v.IndexOfAnyExcept(JwtTextBytes) < 0)
+        {
+            return true;
+        }
+        foreach (var prefix in KeyPrefixes)
+        {
+            if (prefix[0] == v[0] && v.StartsWith(prefix) && v.Length >= prefix.Length + KeyPrefixMinTail && v.IndexOfAnyExcept(KeyTextBytes) < 0)
+            {
+                return true;
+            }
+        }
+        return v.Length == AwsKeyIdLength && IsAwsKeyIdAt(v, 0);
+    }
+
+    /// <summary>Every URL password (<c>scheme://user:password@host</c>) in <paramref name="value"/> replaced; other text kept.</summary>
     public static string RedactUrlPassword(string value)
     {
-        var scheme = value.IndexOf("://", StringComparison.Ordinal);
-        if (scheme <= 0)
+        if (!value.Contains("://", StringComparison.Ordinal))
         {
             return value;
         }
-        var authorityStart = scheme + 3;
-        var authorityEnd = value.IndexOfAny(['/', '?', '#'], authorityStart);
-        if (authorityEnd < 0)
+        var text = Encoding.UTF8.GetBytes(value);
+        var result = new StringBuilder(value.Length);
+        var from = 0;
+        for (var i = text.AsSpan().IndexOf("://"u8); i >= 0; i = NextIndexOf(text, "://"u8, i + 3))
         {
-            authorityEnd = value.Length;
+            if (TryUrlPassword(text, i, out var start, out var end) && start >= from)
+            {
+                result.Append(Encoding.UTF8.GetString(text, from, start - from)).Append(Redacted);
+                from = end;
+            }
         }
-        var at = value.LastIndexOf('@', authorityEnd - 1, authorityEnd - authorityStart);
-        if (at < 0)
-        {
-            return value;
-        }
-        var colon = value.IndexOf(':', authorityStart, at - authorityStart);
-        return colon < 0 ? value : string.Concat(value.AsSpan(0, colon + 1), Redacted, value.AsSpan(at));
+        return from == 0 ? value : result.Append(Encoding.UTF8.GetString(text, from, text.Length - from)).ToString();
     }
 
     /// <summary>
@@ -171,11 +276,11 @@ public sealed class AuditRedactor
                         {
                             if (!reader.TrySkip())
                             {
-                                writer.WriteStringValue(Redacted);
+                                writer.WriteStringValue(RedactedUtf8);
                                 awaitingValue = false;
                                 goto done;
                             }
-                            writer.WriteStringValue(Redacted);
+                            writer.WriteStringValue(RedactedUtf8);
                             redactNext = false;
                             awaitingValue = false;
                             continue;
@@ -200,7 +305,7 @@ public sealed class AuditRedactor
                         depth--;
                         break;
                     case JsonTokenType.PropertyName:
-                        var name = reader.GetString()!;
+                        var name = Unescaped(ref reader);
                         writer.WritePropertyName(name);
                         redactNext = IsSecretKey(name);
                         awaitingValue = true;
@@ -208,11 +313,11 @@ public sealed class AuditRedactor
                     case JsonTokenType.String:
                         if (redactNext)
                         {
-                            writer.WriteStringValue(Redacted);
+                            writer.WriteStringValue(RedactedUtf8);
                         }
                         else
                         {
-                            cut |= WriteString(writer, reader.GetString()!);
+                            cut |= WriteString(writer, Unescaped(ref reader));
                         }
                         redactNext = false;
                         awaitingValue = false;
@@ -223,7 +328,7 @@ public sealed class AuditRedactor
                     case JsonTokenType.Null:
                         if (redactNext)
                         {
-                            writer.WriteStringValue(Redacted);
+                            writer.WriteStringValue(RedactedUtf8);
                         }
                         else
                         {
@@ -265,27 +370,97 @@ public sealed class AuditRedactor
         return cut;
     }
 
-    /// <summary>Writes a string value, redacted or cut as needed; true when it was cut.</summary>
-    private bool WriteString(Utf8JsonWriter writer, string value)
+    /// <summary>The current property name or string as UTF-8: the input itself, or unescaped into <see cref="_unescaped"/>.</summary>
+    private ReadOnlySpan<byte> Unescaped(ref Utf8JsonReader reader)
+    {
+        // The reader reads one span (never a sequence), so ValueSpan is the whole token.
+        if (!reader.ValueIsEscaped)
+        {
+            return reader.ValueSpan;
+        }
+        if (_unescaped.Length < reader.ValueSpan.Length)
+        {
+            _unescaped = new byte[Math.Max(reader.ValueSpan.Length, _unescaped.Length * 2)];
+        }
+        return _unescaped.AsSpan(0, reader.CopyString(_unescaped));
+    }
+
+    /// <summary>
+    /// Writes a string value, redacted or cut as needed; true when it was cut. Embedded credentials are replaced before
+    /// the cut, so that a credential across the cut cannot leave its start in the trail.
+    /// </summary>
+    private bool WriteString(Utf8JsonWriter writer, ReadOnlySpan<byte> value)
     {
         if (LooksSecret(value))
         {
-            writer.WriteStringValue(Redacted);
+            writer.WriteStringValue(RedactedUtf8);
             return false;
         }
-        value = RedactUrlPassword(value);
-        if (value.Length <= MaxStringLength)
+        var text = RedactEmbedded(value);
+        // A UTF-8 string has at least as many bytes as UTF-16 code units: most strings need no count.
+        var chars = text.Length <= MaxStringLength ? text.Length : Encoding.UTF8.GetCharCount(text);
+        if (chars <= MaxStringLength)
         {
-            writer.WriteStringValue(value);
+            writer.WriteStringValue(text);
             return false;
         }
-        var keep = MaxStringLength;
-        if (keep > 0 && char.IsHighSurrogate(value[keep - 1]))
-        {
-            keep--;
-        }
-        writer.WriteStringValue(string.Concat(value.AsSpan(0, keep), $"…[{value.Length - keep} more chars]"));
+        writer.WriteStringValue(Cut(text, chars));
         return true;
+    }
+
+    /// <summary>
+    /// The first <see cref="MaxStringLength"/> UTF-16 code units of <paramref name="text"/> (one fewer rather than half
+    /// a surrogate pair) and <c>…[N more chars]</c>, in <see cref="_text"/>. <paramref name="text"/> (of
+    /// <paramref name="total"/> code units) is either the input or already at the start of <see cref="_text"/>.
+    /// </summary>
+    private ReadOnlySpan<byte> Cut(ReadOnlySpan<byte> text, int total)
+    {
+        int keepBytes, keepChars;
+        if (Ascii.IsValid(text[..MaxStringLength]))
+        {
+            keepBytes = keepChars = MaxStringLength;
+        }
+        else
+        {
+            keepBytes = keepChars = 0;
+            while (keepBytes < text.Length)
+            {
+                var lead = text[keepBytes];
+                var (bytes, chars) = lead < 0x80 ? (1, 1) : lead < 0xE0 ? (2, 1) : lead < 0xF0 ? (3, 1) : (4, 2);
+                if (keepChars + chars > MaxStringLength)
+                {
+                    break;
+                }
+                keepBytes += bytes;
+                keepChars += chars;
+            }
+        }
+        var inPlace = text.Overlaps(_text);
+        EnsureText(keepBytes + 32, preserve: inPlace);
+        if (!inPlace)
+        {
+            text[..keepBytes].CopyTo(_text);
+        }
+        var length = keepBytes;
+        "…["u8.CopyTo(_text.AsSpan(length));
+        length += "…["u8.Length;
+        (total - keepChars).TryFormat(_text.AsSpan(length), out var digits, provider: System.Globalization.CultureInfo.InvariantCulture);
+        length += digits;
+        " more chars]"u8.CopyTo(_text.AsSpan(length));
+        return _text.AsSpan(0, length + " more chars]"u8.Length);
+    }
+
+    private void EnsureText(int length, bool preserve)
+    {
+        if (_text.Length < length)
+        {
+            var larger = new byte[Math.Max(length, _text.Length * 2)];
+            if (preserve)
+            {
+                _text.CopyTo(larger, 0);
+            }
+            _text = larger;
+        }
     }
 
     private static string Normalize(string key)
@@ -301,15 +476,20 @@ public sealed class AuditRedactor
         return sb.ToString();
     }
 
-    private static bool IsTokenText(ReadOnlySpan<char> value, bool allowDots)
+    private static byte[][]?[] IndexByFirstByte(string[] words)
     {
-        foreach (var c in value)
+        var index = new byte[][]?[256];
+        foreach (var word in words)
         {
-            if (!(char.IsAsciiLetterOrDigit(c) || c is '-' or '_' || (allowDots && c is '.' or '=' or '+' or '/')))
-            {
-                return false;
-            }
+            var bytes = Encoding.ASCII.GetBytes(word);
+            index[bytes[0]] = [.. index[bytes[0]] ?? [], bytes];
         }
-        return true;
+        return index;
+    }
+
+    private static int NextIndexOf(ReadOnlySpan<byte> text, ReadOnlySpan<byte> value, int from)
+    {
+        var i = text[from..].IndexOf(value);
+        return i < 0 ? -1 : from + i;
     }
 }

@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Text.Json;
 using BenchmarkDotNet.Attributes;
 using Microsoft.Extensions.Logging.Abstractions;
 using Sidecar.Audit;
@@ -15,6 +14,7 @@ namespace Sidecar.Benchmarks;
 /// alone. Each loop case records <see cref="Events"/> typical calls (the send_request call of <see cref="Payloads"/>,
 /// a ~560-byte line) and runs the writer's passes over them on the benchmark thread: one operation is one event, the
 /// ~100 ns of recording included (AuditBenchmarks measures it alone). Events per second on one core = 1 s / mean.
+/// The redaction stage is RedactionBenchmarks' typical case (the same arguments).
 /// </summary>
 [MemoryDiagnoser]
 [Config(typeof(BenchConfig))]
@@ -29,11 +29,7 @@ public class AuditWriterBenchmarks
     private string _folder = null!;
     private ReadOnlySequence<byte> _arguments;
     private readonly ReadOnlySequence<byte> _noArguments = new("{}"u8.ToArray());
-    private byte[] _argumentBytes = null!;
     private Decision _allowed;
-    private AuditRedactor _redactor = null!;
-    private ArrayBufferWriter<byte> _buffer = null!;
-    private Utf8JsonWriter _json = null!;
     private byte[] _eventLine = null!;
     private byte[] _hash = null!;
     private readonly AuditChain _chain = new(null);
@@ -42,8 +38,7 @@ public class AuditWriterBenchmarks
     public void Setup()
     {
         JsonRpcScanner.Scan(Payloads.TypicalCall, out var scan);
-        _argumentBytes = Payloads.TypicalCall.AsSpan(scan.Arguments.Start, scan.Arguments.Length).ToArray();
-        _arguments = new ReadOnlySequence<byte>(_argumentBytes);
+        _arguments = new ReadOnlySequence<byte>(Payloads.TypicalCall.AsSpan(scan.Arguments.Start, scan.Arguments.Length).ToArray());
         _allowed = new Decision { Outcome = DecisionOutcome.Allow, Enforced = true, Rule = "tools.send_request", Reason = "", RetryAfterMs = -1, Remaining = 41 };
         var config = AuditConfig.Default with { File = null, BufferEvents = 4 * Events };
         // Not started: the benchmark thread runs the writer's passes itself.
@@ -53,9 +48,6 @@ public class AuditWriterBenchmarks
         var file = new FileAuditSink(new AuditFileConfig(Path.Combine(_folder, "audit.jsonl"), 64L * 1024 * 1024, 1), NullLogger.Instance);
         _filePipeline = new AuditPipeline(config, [file], NullLogger.Instance, TimeSpan.FromMinutes(1), file.Head, "bench");
 
-        _redactor = new AuditRedactor([], 256);
-        _buffer = new ArrayBufferWriter<byte>(4096);
-        _json = new Utf8JsonWriter(_buffer);
         _hash = new byte[AuditChain.HashBytes];
         // One event line as the writer writes it, for the hash stage.
         RecordCalls(_nullPipeline.Recorder);
@@ -78,7 +70,6 @@ public class AuditWriterBenchmarks
     {
         _nullPipeline.DisposeAsync().AsTask().GetAwaiter().GetResult();
         _filePipeline.DisposeAsync().AsTask().GetAwaiter().GetResult();
-        _json.Dispose();
         Directory.Delete(_folder, recursive: true);
     }
 
@@ -90,18 +81,6 @@ public class AuditWriterBenchmarks
 
     [Benchmark(OperationsPerInvoke = Events, Description = "Writer loop, per event, with empty arguments (no redaction work; null sink)")]
     public int WriterLoopNoArguments() => Loop(_nullPipeline, _noArguments);
-
-    [Benchmark(Description = "Stage: redact + write the arguments")]
-    public int StageRedaction()
-    {
-        _buffer.ResetWrittenCount();
-        _json.Reset(_buffer);
-        _json.WriteStartObject();
-        _redactor.WriteArguments(_json, _argumentBytes, complete: true);
-        _json.WriteEndObject();
-        _json.Flush();
-        return _buffer.WrittenCount;
-    }
 
     [Benchmark(Description = "Stage: chain hash (SHA-256 of one event line)")]
     public byte StageChainHash()

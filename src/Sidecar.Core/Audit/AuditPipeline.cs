@@ -104,9 +104,6 @@ public sealed class AuditPipeline : IAsyncDisposable
 
     public IReadOnlyList<IAuditSink> Sinks => _sinks;
 
-    /// <summary>Queue records written so far: every record before this position is in a batch every sink took.</summary>
-    internal long WrittenPosition => Volatile.Read(ref _writtenPosition);
-
     /// <summary>Writes <c>audit_start</c> and starts the background writer.</summary>
     public void Start()
     {

@@ -159,6 +159,30 @@ public sealed class AuditPipelineTests
     }
 
     [Fact]
+    public async Task Arguments_of_every_shape_cut_anywhere_never_stop_the_writer()
+    {
+        // Valid JSON as the scanner lets it through (escapes, non-ASCII, surrogate pairs, nesting, secrets inside text),
+        // cut by the recorder at every length up to the whole: each record is still written as one valid event.
+        var arguments = """{"a":"t\u00e9st \ud83d\ude00 token=sk-live-0123456789abcdefghij","n":[1,-2.5e3,true,null,{"k":"Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"}],"url":"https://u:p@h/x?api_key=zzzzzzzz","é":"ü\"q\\"}""";
+        var total = Encoding.UTF8.GetByteCount(arguments);
+        for (var cap = 0; cap <= total; cap += 3)
+        {
+            var sink = new MemorySink();
+            var pipeline = AuditTest.Pipeline(sink, AuditTest.Config(maxArgumentBytes: cap));
+            pipeline.Start();
+            AuditTest.Record(pipeline.Recorder, "echo", arguments, AuditTest.Decision(DecisionOutcome.Deny), forwarded: false);
+            var call = AuditTest.Record(pipeline.Recorder, "echo", arguments, AuditTest.Decision(DecisionOutcome.Allow), forwarded: true);
+            pipeline.Recorder.RecordCompletion(call, AuditOutcome.Ok);
+            await pipeline.DisposeAsync();
+            var calls = Calls(sink);
+            Assert.True(calls.Count == 2, $"cap {cap}: {calls.Count} events");
+            Assert.All(calls, c => Assert.Contains(c.GetProperty("arguments").ValueKind, new[] { JsonValueKind.Object, JsonValueKind.Null }));
+            Assert.All(sink.Lines, l => Assert.DoesNotContain("sk-live-0123456789", l, StringComparison.Ordinal));
+            Assert.Equal("audit_stop", Events(sink)[^1].GetProperty("type").GetString());
+        }
+    }
+
+    [Fact]
     public async Task Long_arguments_are_cut_at_the_cap_and_still_written_as_valid_json()
     {
         var sink = new MemorySink();

@@ -85,7 +85,7 @@ public sealed class DecisionEngine(RateLimitStore store)
             return;
         }
 
-        Set(ref decision, DecisionOutcome.Allow, rule.Id, rule.Reason);
+        Set(ref decision, DecisionOutcome.Allow, rule.Id, rule.AllowReason);
     }
 
     /// <summary>

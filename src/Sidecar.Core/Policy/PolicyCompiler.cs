@@ -61,7 +61,7 @@ public static class PolicyCompiler
         }
 
         var defaultRule = config.Default == PolicyDefault.Allow
-            ? new RuleModel("default", RuleAction.Allow, "allowed by the policy default", [], [], [], TimeSpan.Zero)
+            ? new RuleModel("default", RuleAction.Allow, "allowed by the policy default", [], [], [], TimeSpan.Zero, "allowed by the policy default")
             : new RuleModel("default", RuleAction.Deny, "the tool is not allowed by policy (default deny)", [], [], [], TimeSpan.Zero);
 
         if (diagnostics.Items.Count > errorsBefore)
@@ -101,7 +101,7 @@ public static class PolicyCompiler
         {
             RuleAction.Deny => tool is null ? "all tools are denied by policy" : $"\"{tool}\" is denied by policy",
             RuleAction.RequireApproval => "the call requires approval",
-            _ => "allowed by policy",
+            _ => RuleModel.AllowedByPolicy,
         };
         return new RuleModel(rule.Id, rule.Action, reason, require, denyIf, limits, rule.ApprovalTimeout ?? TimeSpan.Zero);
     }

@@ -60,11 +60,12 @@ public sealed class PolicyModel
 public sealed class RuleModel
 {
     internal RuleModel(string id, RuleAction action, string reason, ConditionModel[] require, ConditionModel[] denyIf,
-        LimitModel[] limits, TimeSpan approvalTimeout)
+        LimitModel[] limits, TimeSpan approvalTimeout, string allowReason = AllowedByPolicy)
     {
         Id = id;
         Action = action;
         Reason = reason;
+        AllowReason = allowReason;
         Require = require;
         DenyIf = denyIf;
         Limits = limits;
@@ -74,8 +75,17 @@ public sealed class RuleModel
     public string Id { get; }
     public RuleAction Action { get; }
 
+    /// <summary>The reason of an allowed call.</summary>
+    public const string AllowedByPolicy = "allowed by policy";
+
     /// <summary>The reason given when this rule denies (the user's <c>reason</c>, or a generated one).</summary>
     public string Reason { get; }
+
+    /// <summary>
+    /// The reason recorded when this rule lets a call through: never the rule's own <c>reason</c>, which explains a
+    /// refusal (<c>"sums are capped at a million"</c> on an allowed <c>get-sum</c> would read as a denial).
+    /// </summary>
+    public string AllowReason { get; }
     public ConditionModel[] Require { get; }
     public ConditionModel[] DenyIf { get; }
     public LimitModel[] Limits { get; }

@@ -34,6 +34,21 @@ public class DecisionEngineTests
     }
 
     [Fact]
+    public void An_allowed_call_never_carries_the_rules_refusal_text_as_its_reason()
+    {
+        // set_option's reason explains its deny_if; an allowed set_option must not be recorded with it.
+        var allowed = Decide(Product, "set_option", """{"key":"anticache","value":true}""");
+        Assert.Equal(DecisionOutcome.Allow, allowed.Outcome);
+        Assert.Equal("allowed by policy", allowed.Reason);
+        var denied = Decide(Product, "set_option", """{"key":"mode"}""");
+        Assert.Equal(DecisionOutcome.Deny, denied.Outcome);
+        Assert.Equal("network options are managed by the platform", denied.Reason);
+
+        var open = PolicyCompiler.Load("""{ "version": "1", "default": "allow" }"""u8, "t", new Sidecar.Configuration.DiagnosticBag())!;
+        Assert.Equal("allowed by the policy default", Decide(open, "anything").Reason);
+    }
+
+    [Fact]
     public void Unnamed_tool_falls_to_default_deny()
     {
         var d = Decide(Product, "get_flows");

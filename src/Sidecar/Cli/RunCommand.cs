@@ -50,10 +50,20 @@ internal static class RunCommand
             }
 
             await using var _ = app.ConfigureAwait(false);
+            try
+            {
+                await app.StartAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (IOException ex)
+            {
+                // Kestrel could not bind (the port is taken, or the address is not this host's): one line, and the
+                // audit writer never started, so the trail has no run for it.
+                error.WriteLine($"sidecar: cannot listen on {loaded.Listen}: {(ex.InnerException ?? ex).Message}");
+                return 1;
+            }
             var logger = app.Services.GetService(typeof(ILoggerFactory)) is ILoggerFactory f ? f.CreateLogger("Sidecar") : null;
             logger?.LogInformation("Sidecar listening on http://{Listen} with config {Config}; endpoints /servers/{{name}}/mcp and /servers/{{name}}/sse; I/O {Io}",
                 loaded.Listen, path, GatewayHost.InlineIo ? "inline on the socket threads" : "through the thread pool (" + GatewayHost.InlineCompletionsVariable + "=0)");
-            await app.StartAsync(cancellationToken).ConfigureAwait(false);
             await app.WaitForShutdownAsync(cancellationToken).ConfigureAwait(false);
             return 0;
         });

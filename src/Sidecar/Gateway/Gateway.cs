@@ -46,9 +46,14 @@ internal sealed class Gateway : IAsyncDisposable
                 server.PolicyPath ?? "(none: everything denied)");
         }
         _servers = servers.ToFrozenDictionary(StringComparer.Ordinal);
-        Audit?.Start();
         _heartbeat = new Timer(static state => ((Gateway)state!).Heartbeat(), this, HeartbeatPeriod, HeartbeatPeriod);
     }
+
+    /// <summary>
+    /// Starts the audit writer (its first event is <c>audit_start</c>). Called once the listener is bound, so that a
+    /// gateway that cannot listen (the port is taken) leaves no run in the trail.
+    /// </summary>
+    public void Start() => Audit?.Start();
 
     public SidecarConfig Config { get; }
     public GatewayOptions Options { get; }

@@ -56,6 +56,8 @@ internal static class GatewayHost
         builder.Logging.ClearProviders();
         builder.Logging.SetMinimumLevel(logLevel);
         builder.Logging.AddFilter("Microsoft.AspNetCore", logLevel <= LogLevel.Debug ? logLevel : LogLevel.Warning);
+        // "Hosting failed to start" and its stack trace: `sidecar run` says why in one line (a port in use, say).
+        builder.Logging.AddFilter("Microsoft.Extensions.Hosting", logLevel <= LogLevel.Debug ? logLevel : LogLevel.Critical);
         if (logging is null)
         {
             builder.Logging.AddZLoggerConsole(options =>
@@ -85,6 +87,8 @@ internal static class GatewayHost
         var loggers = app.Services.GetRequiredService<ILoggerFactory>();
         var gateway = new Gateway(config, loggers, IPAddress.IsLoopback(address));
         lifetime.Gateway = gateway;
+        // Once every hosted service has started and Kestrel is bound: a gateway that cannot listen leaves no run in the trail.
+        app.Lifetime.ApplicationStarted.Register(gateway.Start);
         var endpoints = new McpEndpoints(gateway, loggers.CreateLogger("Sidecar.Http"));
 
         app.MapPost("/servers/{name}/mcp", new RequestDelegate(endpoints.PostAsync));

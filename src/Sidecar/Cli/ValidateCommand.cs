@@ -29,15 +29,35 @@ internal static class ValidateCommand
                     {
                         var config = SidecarConfigReader.LoadFile(file);
                         output.WriteLine($"{file}: ok (config: {config.Servers.Count} server{(config.Servers.Count == 1 ? "" : "s")}, listen {config.Listen})");
+                        // Every policy the config names is checked, whatever the ones before it held.
+                        var policyErrors = 0;
+                        var brokenPolicies = 0;
                         foreach (var server in config.Servers)
                         {
                             if (server.PolicyPath is null)
                             {
-                                output.WriteLine($"  {server.Name}: no policy: every call will be denied");
+                                error.WriteLine($"warning: {file}: server \"{server.Name}\" has no policy (neither its own \"policy\" nor a top-level one): every call to it will be denied");
                                 continue;
                             }
-                            var policy = PolicyCompiler.LoadFile(server.PolicyPath, server.Name);
-                            output.WriteLine($"  {server.Name}: {server.PolicyPath}: ok ({Summarize(policy)})");
+                            try
+                            {
+                                var policy = PolicyCompiler.LoadFile(server.PolicyPath, server.Name);
+                                output.WriteLine($"  {server.Name}: {server.PolicyPath}: ok ({Summarize(policy)})");
+                            }
+                            catch (ConfigValidationException ex)
+                            {
+                                brokenPolicies++;
+                                policyErrors += ex.Diagnostics.Count;
+                                foreach (var d in ex.Diagnostics)
+                                {
+                                    error.WriteLine(d.ToString());
+                                }
+                            }
+                        }
+                        if (brokenPolicies > 0)
+                        {
+                            failed++;
+                            error.WriteLine($"{file}: {policyErrors} error{(policyErrors == 1 ? "" : "s")} in {brokenPolicies} polic{(brokenPolicies == 1 ? "y" : "ies")}");
                         }
                         continue;
                     }

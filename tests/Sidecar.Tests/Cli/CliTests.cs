@@ -23,6 +23,40 @@ public class CliTests
     }
 
     [Fact]
+    public async Task Validate_of_a_config_reports_the_errors_of_every_policy_it_names_and_warns_about_a_server_without_one()
+    {
+        var folder = Path.Combine(Path.GetTempPath(), $"sidecar-validate-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(folder);
+        try
+        {
+            await File.WriteAllTextAsync(Path.Combine(folder, "a.json"), """{ "version": "1", "default": "nope" }""");
+            await File.WriteAllTextAsync(Path.Combine(folder, "b.json"), """{ "version": "1", "tools": { "t": { "action": "maybe" } } }""");
+            await File.WriteAllTextAsync(Path.Combine(folder, "good.json"), """{ "version": "1", "tools": { "t": {} } }""");
+            var config = Path.Combine(folder, "sidecar.json");
+            await File.WriteAllTextAsync(config, """
+                { "mcpServers": {
+                    "one": { "command": "x", "policy": "a.json" },
+                    "two": { "command": "x", "policy": "b.json" },
+                    "three": { "command": "x", "policy": "good.json" },
+                    "bare": { "command": "x" } } }
+                """);
+            var (exit, output, error) = await Run("validate", config);
+            Assert.Equal(1, exit);
+            Assert.Contains($"{Path.Combine(folder, "a.json")}:1:", error, StringComparison.Ordinal);
+            Assert.Contains("$.default", error, StringComparison.Ordinal);
+            Assert.Contains($"{Path.Combine(folder, "b.json")}:1:", error, StringComparison.Ordinal);
+            Assert.Contains("$.tools.t.action", error, StringComparison.Ordinal);
+            Assert.Contains($"{config}: 2 errors in 2 policies", error, StringComparison.Ordinal);
+            Assert.Contains("warning: " + config + ": server \"bare\" has no policy", error, StringComparison.Ordinal);
+            Assert.Contains("three: ", output, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [Fact]
     public async Task Validate_prints_every_error_with_file_line_and_path()
     {
         var file = Path.Combine(Path.GetTempPath(), $"sidecar-bad-{Guid.NewGuid():N}.json");

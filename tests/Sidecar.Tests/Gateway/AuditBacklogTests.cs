@@ -11,6 +11,7 @@ using Sidecar.JsonRpc;
 using Sidecar.Policy;
 using Sidecar.RateLimiting;
 using Sidecar.Tests.Audit;
+using Sidecar.Tests.TestSupport;
 using Sidecar.Upstreams;
 
 namespace Sidecar.Tests.Gateway;
@@ -100,17 +101,13 @@ public sealed class AuditBacklogTests
     }
 
     private static (AgentSession Session, EchoConnector Connector, AuditPipeline Pipeline) Create(AuditConfig audit)
-    {
-        var pipeline = AuditTest.Pipeline(new MemorySink(), audit); // not started: the test runs the writer's passes
-        var diagnostics = new DiagnosticBag();
-        var policy = PolicyCompiler.Load(Encoding.UTF8.GetBytes(Policy), "srv", diagnostics) ?? throw new InvalidOperationException(diagnostics.ToString());
-        var config = new ServerConfig("srv", default, UpstreamTransport.Stdio, "echo", [], new Dictionary<string, string>(), null, null,
-            new Dictionary<string, string>(), null);
-        var connector = new EchoConnector();
-        var server = new ServerRuntime(config, connector, policy, new DecisionEngine(new RateLimitStore()),
-            new GatewayOptions(GatewayLimits.Default, BlockedCallStyle.Error), NullLogger.Instance, pipeline.Recorder);
-        return (new AgentSession("session-1", server, legacy: false), connector, pipeline);
-    }
+        => SessionHarness.Create(audit, Policy);
+
+    private static JsonRpcScan Scan(byte[] message) => SessionHarness.Scan(message);
+
+    private static Task<JsonElement> CallAsync(AgentSession session, byte[] message) => SessionHarness.CallAsync(session, message);
+
+    private static Task<Outbound> ReadAsync(MessageSink sink) => SessionHarness.ReadAsync(sink);
 
     private static void FillQueue(AuditRecorder recorder)
     {
@@ -119,79 +116,5 @@ public sealed class AuditBacklogTests
         {
         }
         Assert.Equal(1, recorder.Shed + recorder.Dropped); // the one that found the queue full
-    }
-
-    private static JsonRpcScan Scan(byte[] message)
-    {
-        Assert.Equal(ScanStatus.Ok, JsonRpcScanner.Scan(message, out var scan));
-        return scan;
-    }
-
-    private static async Task<JsonElement> CallAsync(AgentSession session, byte[] message)
-    {
-        var sink = new MessageSink(acceptsRelatedMessages: false);
-        Assert.True(await session.ProcessAsync(new ReadOnlySequence<byte>(message), Scan(message), sink, CancellationToken.None));
-        var outbound = await ReadAsync(sink);
-        return JsonDocument.Parse(outbound.Payload).RootElement.Clone();
-    }
-
-    private static async Task<Outbound> ReadAsync(MessageSink sink)
-    {
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
-        while (await sink.WaitToReadAsync(timeout.Token))
-        {
-            if (sink.TryRead(out var message) && message.IsResponse)
-            {
-                return message;
-            }
-        }
-        throw new InvalidOperationException("the sink ended without an answer");
-    }
-
-    /// <summary>An upstream that answers every request with an empty result; counts what it was sent.</summary>
-    private sealed class EchoConnector : IUpstreamConnector
-    {
-        private int _sent;
-
-        public int Sent => Volatile.Read(ref _sent);
-
-        public string Name => "srv";
-
-        public string Transport => "fake";
-
-        public ValueTask<IUpstreamConnection> ConnectAsync(CancellationToken cancellationToken) => new(new Connection(this));
-
-        private sealed class Connection(EchoConnector owner) : IUpstreamConnection
-        {
-            private readonly Channel<UpstreamEvent> _events = Channel.CreateUnbounded<UpstreamEvent>();
-            private readonly TaskCompletionSource _completion = new();
-
-            public string Transport => "fake";
-
-            public ChannelReader<UpstreamEvent> Events => _events.Reader;
-
-            public Task Completion => _completion.Task;
-
-            public ValueTask SendAsync(ReadOnlySequence<byte> message, long correlation, CancellationToken cancellationToken)
-            {
-                Interlocked.Increment(ref owner._sent);
-                var bytes = message.ToArray();
-                Assert.Equal(ScanStatus.Ok, JsonRpcScanner.Scan(bytes, out var scan));
-                if (scan.Kind == JsonRpcMessageKind.Request)
-                {
-                    var id = Encoding.UTF8.GetString(bytes, scan.Id.Start, scan.Id.Length);
-                    _events.Writer.TryWrite(new UpstreamEvent(UpstreamEventKind.Message,
-                        Encoding.UTF8.GetBytes("{\"jsonrpc\":\"2.0\",\"id\":" + id + ",\"result\":{\"content\":[]}}"), correlation));
-                }
-                return ValueTask.CompletedTask;
-            }
-
-            public ValueTask DisposeAsync()
-            {
-                _events.Writer.TryComplete();
-                _completion.TrySetResult();
-                return ValueTask.CompletedTask;
-            }
-        }
     }
 }

@@ -340,6 +340,28 @@ public sealed class GatewayHttpTests(GatewayFixture fixture) : IClassFixture<Gat
     }
 
     [Fact]
+    public async Task A_second_GET_stream_on_a_session_gets_409_while_the_first_is_open()
+    {
+        var session = await OpenSessionAsync();
+        HttpRequestMessage Get()
+        {
+            var request = new HttpRequestMessage(HttpMethod.Get, fixture.Sidecar.McpUrl("stdio"));
+            request.Headers.Add("Mcp-Session-Id", session);
+            request.Headers.TryAddWithoutValidation("Accept", "text/event-stream");
+            return request;
+        }
+        using var firstRequest = Get();
+        using var first = await _http.SendAsync(firstRequest, HttpCompletionOption.ResponseHeadersRead);
+        Assert.Equal(HttpStatusCode.OK, first.StatusCode);
+        Assert.Equal("text/event-stream", first.Content.Headers.ContentType?.MediaType);
+
+        using var secondRequest = Get();
+        using var second = await _http.SendAsync(secondRequest);
+        Assert.Equal(HttpStatusCode.Conflict, second.StatusCode);
+        Assert.Contains("only one stream per session", await second.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Deleting_a_session_ends_it()
     {
         var session = await OpenSessionAsync();

@@ -21,8 +21,8 @@ public sealed class AuditChain
 
     private readonly byte[]? _key;
 
-    // One hash object reused for every event: SHA256.HashData sets up a new OpenSSL context per call, which cost more
-    // than hashing a whole event line (~1.7 µs against ~0.4 µs). Not thread-safe: a chain has one writer.
+    // One hash object reused for every event: SHA256.HashData sets up a new OpenSSL context per call (1.67 µs for a
+    // ~560-byte event line, against 1.33 µs reusing one: bench/RESULTS.md). Not thread-safe: a chain has one writer.
     private readonly IncrementalHash _hash;
 
     public AuditChain(byte[]? key)

@@ -1,18 +1,10 @@
 using System.Buffers;
-using System.Text;
-using System.Text.Json;
-using System.Threading.Channels;
-using Microsoft.Extensions.Logging.Abstractions;
 using Sidecar.Audit;
 using Sidecar.Configuration;
 using Sidecar.Decisions;
 using Sidecar.Gateway;
-using Sidecar.JsonRpc;
-using Sidecar.Policy;
-using Sidecar.RateLimiting;
 using Sidecar.Tests.Audit;
 using Sidecar.Tests.TestSupport;
-using Sidecar.Upstreams;
 
 namespace Sidecar.Tests.Gateway;
 
@@ -34,10 +26,10 @@ public sealed class AuditBacklogTests
     [Fact]
     public async Task A_call_whose_record_finds_no_room_is_refused_before_the_upstream_sees_it_and_keeps_its_tokens()
     {
-        var (session, connector, pipeline) = Create(AuditTest.Config(buffer: 64));
+        var (session, connector, pipeline) = SessionHarness.Create(AuditTest.Config(buffer: 64), Policy);
         FillQueue(pipeline.Recorder);
 
-        var answer = await CallAsync(session, EchoCall);
+        var answer = await SessionHarness.CallAsync(session, EchoCall);
         var error = answer.GetProperty("error");
         Assert.Equal(-32015, error.GetProperty("code").GetInt32());
         Assert.Equal(7, answer.GetProperty("id").GetInt32());
@@ -48,7 +40,7 @@ public sealed class AuditBacklogTests
         Assert.Equal(10, data.GetProperty("retryAfterMs").GetInt64()); // the test config's flushInterval
         Assert.Contains("\"echo\"", error.GetProperty("message").GetString(), StringComparison.Ordinal);
         // A blocked call that finds no room is refused the same way.
-        var denied = await CallAsync(session, DeniedCall);
+        var denied = await SessionHarness.CallAsync(session, DeniedCall);
         Assert.Equal("audit_backlog", denied.GetProperty("error").GetProperty("data").GetProperty("reason").GetString());
         Assert.Equal(0, connector.Sent);
         Assert.Equal(1 + 2, pipeline.Recorder.Shed); // the filler that found the queue full, and both calls
@@ -57,7 +49,7 @@ public sealed class AuditBacklogTests
         while (pipeline.RunOnce() > 0)
         {
         }
-        var allowed = await CallAsync(session, EchoCall);
+        var allowed = await SessionHarness.CallAsync(session, EchoCall);
         Assert.True(allowed.TryGetProperty("result", out _), allowed.ToString());
         Assert.Equal(1, connector.Sent);
         await session.DisposeAsync();
@@ -67,9 +59,9 @@ public sealed class AuditBacklogTests
     [Fact]
     public async Task With_onFull_drop_the_call_goes_through_unrecorded_and_is_counted()
     {
-        var (session, connector, pipeline) = Create(AuditTest.Config(buffer: 64) with { OnFull = AuditOverflow.Drop });
+        var (session, connector, pipeline) = SessionHarness.Create(AuditTest.Config(buffer: 64) with { OnFull = AuditOverflow.Drop }, Policy);
         FillQueue(pipeline.Recorder);
-        var answer = await CallAsync(session, EchoCall);
+        var answer = await SessionHarness.CallAsync(session, EchoCall);
         Assert.True(answer.TryGetProperty("result", out _), answer.ToString());
         Assert.Equal(1, connector.Sent);
         Assert.Equal(1 + 1, pipeline.Recorder.Dropped); // the filler that found the queue full, and the call
@@ -81,14 +73,14 @@ public sealed class AuditBacklogTests
     [Fact]
     public async Task With_before_answer_every_answer_to_a_call_carries_its_records_ticket()
     {
-        var (session, _, pipeline) = Create(AuditTest.Config() with { Durability = AuditDurability.BeforeAnswer });
+        var (session, _, pipeline) = SessionHarness.Create(AuditTest.Config() with { Durability = AuditDurability.BeforeAnswer }, Policy);
         var sink = new MessageSink(acceptsRelatedMessages: false);
-        Assert.True(await session.ProcessAsync(new ReadOnlySequence<byte>(EchoCall), Scan(EchoCall), sink, CancellationToken.None));
-        var forwarded = await ReadAsync(sink);
+        Assert.True(await session.ProcessAsync(new ReadOnlySequence<byte>(EchoCall), SessionHarness.Scan(EchoCall), sink, CancellationToken.None));
+        var forwarded = await SessionHarness.ReadAsync(sink);
         Assert.NotEqual(0, forwarded.AuditTicket);
         var denied = new MessageSink(acceptsRelatedMessages: false);
-        Assert.True(await session.ProcessAsync(new ReadOnlySequence<byte>(DeniedCall), Scan(DeniedCall), denied, CancellationToken.None));
-        var blocked = await ReadAsync(denied);
+        Assert.True(await session.ProcessAsync(new ReadOnlySequence<byte>(DeniedCall), SessionHarness.Scan(DeniedCall), denied, CancellationToken.None));
+        var blocked = await SessionHarness.ReadAsync(denied);
         Assert.True(blocked.AuditTicket > forwarded.AuditTicket);
         // The records behind the tickets are written once the writer has run.
         Assert.False(pipeline.Recorder.WhenWrittenAsync(blocked.AuditTicket).IsCompleted);
@@ -99,15 +91,6 @@ public sealed class AuditBacklogTests
         await session.DisposeAsync();
         await pipeline.DisposeAsync();
     }
-
-    private static (AgentSession Session, EchoConnector Connector, AuditPipeline Pipeline) Create(AuditConfig audit)
-        => SessionHarness.Create(audit, Policy);
-
-    private static JsonRpcScan Scan(byte[] message) => SessionHarness.Scan(message);
-
-    private static Task<JsonElement> CallAsync(AgentSession session, byte[] message) => SessionHarness.CallAsync(session, message);
-
-    private static Task<Outbound> ReadAsync(MessageSink sink) => SessionHarness.ReadAsync(sink);
 
     private static void FillQueue(AuditRecorder recorder)
     {

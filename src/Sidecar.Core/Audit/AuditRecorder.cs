@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Text.Unicode;
 using Sidecar.Configuration;
 using Sidecar.Decisions;
+using Sidecar.Protocol;
 
 namespace Sidecar.Audit;
 

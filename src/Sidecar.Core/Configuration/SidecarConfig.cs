@@ -38,6 +38,19 @@ public sealed record GatewayLimits(
     int MaxInFlight)
 {
     public static GatewayLimits Default { get; } = new(4 * 1024 * 1024, TimeSpan.FromSeconds(60), TimeSpan.FromSeconds(30), 10_000, TimeSpan.FromMinutes(30), 1024);
+
+    /// <summary>A stdio server's default <see cref="MaxSessionsPerServer"/>: each session is a process of its own.</summary>
+    public const int DefaultMaxStdioSessions = 64;
+
+    /// <summary>An HTTP server's default <see cref="MaxSessionsPerServer"/>.</summary>
+    public const int DefaultMaxHttpSessions = 1024;
+
+    /// <summary><c>limits.maxSessionsPerServer</c>; null: <see cref="DefaultMaxStdioSessions"/> or <see cref="DefaultMaxHttpSessions"/> by transport.</summary>
+    public int? MaxSessionsPerServer { get; init; }
+
+    /// <summary>The session cap of one server.</summary>
+    public int SessionsPerServer(UpstreamTransport transport)
+        => MaxSessionsPerServer ?? (transport == UpstreamTransport.Stdio ? DefaultMaxStdioSessions : DefaultMaxHttpSessions);
 }
 
 /// <summary>One upstream MCP server (<c>mcpServers.NAME</c>): a stdio command or a URL.</summary>
@@ -57,6 +70,30 @@ public sealed record ServerConfig(
     public override string ToString() => Transport == UpstreamTransport.Stdio
         ? $"{Name} (stdio: {Command})"
         : $"{Name} ({(Transport == UpstreamTransport.Sse ? "sse" : "streamable-http")}: {Url!.GetLeftPart(UriPartial.Path)})";
+
+    /// <summary>
+    /// Whether <paramref name="other"/> reaches the same upstream the same way (command, arguments, environment,
+    /// folder, URL, headers): its connections can be kept across a reload. The policy is not part of it.
+    /// </summary>
+    public bool SameUpstream(ServerConfig other) =>
+        Name == other.Name && Transport == other.Transport && Command == other.Command && Cwd == other.Cwd && Url == other.Url
+        && Args.SequenceEqual(other.Args) && SameEntries(Env, other.Env) && SameEntries(Headers, other.Headers);
+
+    private static bool SameEntries(IReadOnlyDictionary<string, string> a, IReadOnlyDictionary<string, string> b)
+    {
+        if (a.Count != b.Count)
+        {
+            return false;
+        }
+        foreach (var (key, value) in a)
+        {
+            if (!b.TryGetValue(key, out var other) || other != value)
+            {
+                return false;
+            }
+        }
+        return true;
+    }
 
     public string TransportName => Transport switch
     {

@@ -244,7 +244,11 @@ public static class SidecarConfigReader
             MaxSessions = ReadCount(members.Take("maxSessions"), "maxSessions", limits.MaxSessions, diagnostics),
             MaxInFlight = ReadCount(members.Take("maxInFlight"), "maxInFlight", limits.MaxInFlight, diagnostics),
         };
-        members.ReportUnknown("maxMessageBytes, upstreamTimeout, connectTimeout, maxSessions, sessionIdleTimeout, maxInFlight");
+        if (members.Take("maxSessionsPerServer") is { } perServer)
+        {
+            limits = limits with { MaxSessionsPerServer = ReadCount(perServer, "maxSessionsPerServer", 1, diagnostics) };
+        }
+        members.ReportUnknown("maxMessageBytes, upstreamTimeout, connectTimeout, maxSessions, maxSessionsPerServer, sessionIdleTimeout, maxInFlight");
         return limits;
     }
 

@@ -89,20 +89,28 @@ internal static class GatewayHost
         lifetime.Gateway = gateway;
         // Once every hosted service has started and Kestrel is bound: a gateway that cannot listen leaves no run in the trail.
         app.Lifetime.ApplicationStarted.Register(gateway.Start);
-        var endpoints = new McpEndpoints(gateway, loggers.CreateLogger("Sidecar.Http"));
+        var logger = loggers.CreateLogger("Sidecar.Http");
+        var streamable = new StreamableHttpEndpoint(gateway, new StatelessEndpoint(gateway, logger));
+        var legacy = new LegacySseEndpoint(gateway);
 
-        app.MapPost("/servers/{name}/mcp", new RequestDelegate(endpoints.PostAsync));
-        app.MapGet("/servers/{name}/mcp", new RequestDelegate(endpoints.GetAsync));
-        app.MapDelete("/servers/{name}/mcp", new RequestDelegate(endpoints.DeleteAsync));
-        app.MapGet("/servers/{name}/sse", new RequestDelegate(endpoints.LegacySseAsync));
-        app.MapPost("/servers/{name}/message", new RequestDelegate(endpoints.LegacyMessageAsync));
+        app.MapPost("/servers/{name}/mcp", new RequestDelegate(streamable.PostAsync));
+        app.MapGet("/servers/{name}/mcp", new RequestDelegate(streamable.GetAsync));
+        app.MapDelete("/servers/{name}/mcp", new RequestDelegate(streamable.DeleteAsync));
+        app.MapGet("/servers/{name}/sse", new RequestDelegate(legacy.StreamAsync));
+        app.MapPost("/servers/{name}/message", new RequestDelegate(legacy.MessageAsync));
         app.MapGet("/healthz", new RequestDelegate(static context => context.Response.WriteAsync("ok")));
-        app.MapGet("/readyz", new RequestDelegate(context => context.Response.WriteAsync(
-            $"ready: {gateway.Config.Servers.Count} servers, {gateway.SessionCount} sessions, {gateway.InFlight.Count} of {gateway.InFlight.Capacity} requests in flight"
+        app.MapGet("/readyz", new RequestDelegate(context => context.Response.WriteAsync(Readiness(gateway))));
+        return app;
+    }
+
+    /// <summary>The body of <c>/readyz</c>: what is open and how full the queues are.</summary>
+    private static string Readiness(Gateway gateway)
+    {
+        var engine = gateway.Engine;
+        return $"ready: {engine.Current.Servers.Count} servers, {engine.SessionCount} sessions, {engine.InFlight.Count} of {engine.InFlight.Capacity} requests in flight"
             + (gateway.Audit is { } audit
                 ? $"; audit queue {audit.Recorder.Queue!.Credits} of {audit.Recorder.Queue.Capacity} places taken, {audit.Recorder.Shed} calls shed, {audit.Recorder.Dropped} records dropped"
-                : "; audit off"))));
-        return app;
+                : "; audit off");
     }
 }
 

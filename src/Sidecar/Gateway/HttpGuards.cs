@@ -1,98 +1,30 @@
-using System.Net;
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Net.Http.Headers;
-using Sidecar.Configuration;
+using Sidecar.Protocol;
+using Sidecar.Sessions;
 
 namespace Sidecar.Gateway;
 
 /// <summary>
-/// Checks every agent request makes before anything is read: DNS-rebinding protection (<c>Host</c> and
-/// <c>Origin</c>), media types, and the MCP protocol version header.
+/// What every agent request is checked for before a session sees it (DNS-rebinding protection, media types, the
+/// protocol version header), and reading its body without copying.
 /// </summary>
-internal sealed class HttpGuards
+internal static class HttpGuards
 {
-    public static readonly string[] SupportedProtocolVersions = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
-
-    private readonly HashSet<string> _allowedHosts;
-    private readonly HashSet<string>.AlternateLookup<ReadOnlySpan<char>> _allowedHostSpans;
-    private readonly HashSet<string> _allowedOrigins;
-    private readonly bool _checkHost;
-
-    public HttpGuards(SidecarConfig config, bool listeningOnLoopback)
+    /// <summary>Why the request's Host or Origin is not allowed (the caller answers 403), or null.</summary>
+    public static string? CheckHostAndOrigin(HttpRequest request, OriginGuard guard, bool listeningOnLoopback)
     {
-        _allowedHosts = new HashSet<string>(StringComparer.OrdinalIgnoreCase) { "localhost", "127.0.0.1", "[::1]", "::1" };
-        foreach (var host in config.AllowedHosts)
-        {
-            _allowedHosts.Add(host);
-        }
-        _allowedHostSpans = _allowedHosts.GetAlternateLookup<ReadOnlySpan<char>>();
-        _allowedOrigins = new HashSet<string>(config.AllowedOrigins, StringComparer.OrdinalIgnoreCase);
-        // On loopback only loopback names can be legitimate (anything else is DNS rebinding). Elsewhere (a pod IP,
-        // a service name) the names aren't known in advance: checked only when allowedHosts lists them.
-        _checkHost = listeningOnLoopback || config.AllowedHosts.Count > 0;
-    }
-
-    /// <summary>Returns an error message when the request's Host or Origin is not allowed (the caller answers 403).</summary>
-    public string? CheckHostAndOrigin(HttpRequest request)
-    {
-        if (_checkHost)
-        {
-            var host = request.Host;
-            if (!host.HasValue || !IsAllowedHost(host))
-            {
-                return $"Forbidden: Host \"{host.Value}\" is not allowed";
-            }
-        }
+        var host = request.Host;
         var origins = request.Headers.Origin;
-        if (origins.Count > 1)
+        return guard.Check(host.HasValue ? host.Value : null, listeningOnLoopback, origins.Count switch
         {
-            return "Forbidden: more than one Origin header";
-        }
-        if (origins.Count == 1 && origins[0] is { } origin && !IsAllowedOrigin(origin))
-        {
-            return $"Forbidden: Origin \"{origin}\" is not allowed";
-        }
-        return null;
-    }
-
-    /// <summary>
-    /// The host name (without the port) or the whole value is allowed. Names and IPv4 (at most one colon) and bracketed
-    /// IPv6 are split here without allocating; anything else goes through <see cref="HostString.Host"/>.
-    /// </summary>
-    private bool IsAllowedHost(HostString host)
-    {
-        var value = host.Value.AsSpan();
-        if (_allowedHostSpans.Contains(value))
-        {
-            return true;
-        }
-        int end;
-        if (value.StartsWith('['))
-        {
-            end = value.IndexOf(']') + 1;
-        }
-        else
-        {
-            end = value.IndexOf(':');
-            if (end >= 0 && value[(end + 1)..].Contains(':'))
-            {
-                return _allowedHosts.Contains(host.Host); // IPv6 without brackets: HostString brackets it
-            }
-        }
-        return end > 0 && _allowedHostSpans.Contains(value[..end]);
-    }
-
-    private bool IsAllowedOrigin(string origin)
-    {
-        if (_allowedOrigins.Contains(origin) || _allowedOrigins.Contains("*"))
-        {
-            return true;
-        }
-        if (!Uri.TryCreate(origin, UriKind.Absolute, out var uri) || (uri.Scheme != Uri.UriSchemeHttp && uri.Scheme != Uri.UriSchemeHttps))
-        {
-            return false;
-        }
-        return uri.IsLoopback && (uri.Host == "localhost" || IPAddress.TryParse(uri.Host.Trim('[', ']'), out _));
+            0 => [],
+            1 => [origins[0]],
+            _ => origins.ToArray(),
+        });
     }
 
     public static bool Accepts(HttpRequest request, string mediaType)
@@ -130,10 +62,10 @@ internal sealed class HttpGuards
                    && contentType.MediaType.Equals("application/json", StringComparison.OrdinalIgnoreCase));
     }
 
-    /// <summary>Null when the <c>MCP-Protocol-Version</c> header is absent (2025-03-26 is assumed) or supported.</summary>
+    /// <summary>Null when the <c>MCP-Protocol-Version</c> header is absent (2025-03-26 is assumed) or a supported session version.</summary>
     public static string? CheckProtocolVersion(HttpRequest request)
     {
-        var values = request.Headers["MCP-Protocol-Version"];
+        var values = request.Headers[McpProtocol.ProtocolVersionHeader];
         if (values.Count == 0)
         {
             return null;
@@ -142,8 +74,84 @@ internal sealed class HttpGuards
         {
             return "Bad Request: more than one MCP-Protocol-Version header";
         }
-        return Array.IndexOf(SupportedProtocolVersions, values[0]) >= 0
+        return McpProtocol.IsSessionVersion(values[0])
             ? null
-            : $"Bad Request: unsupported MCP-Protocol-Version \"{values[0]}\" (supported: {string.Join(", ", SupportedProtocolVersions)})";
+            : $"Bad Request: unsupported MCP-Protocol-Version \"{values[0]}\" (supported: {McpProtocol.SessionVersionList})";
     }
+
+    /// <summary>A body read whole, or why not (the HTTP status and message to answer with).</summary>
+    public readonly record struct Body(ReadOnlySequence<byte> Buffer, int Status, string? Error)
+    {
+        /// <summary>The JSON-RPC code of the error: a wrong media type is a transport problem, a bad body an invalid request.</summary>
+        public int Code => Status == StatusCodes.Status415UnsupportedMediaType ? ErrorCodes.ServerError : ErrorCodes.InvalidRequest;
+    }
+
+    /// <summary>
+    /// Reads a whole request body without copying it, refusing anything over the size limit. A body that has already
+    /// arrived (the usual case: it came with the headers) is taken without waiting. The caller gives the buffer back
+    /// with <c>AdvanceTo(body.End)</c>.
+    /// </summary>
+    public static ValueTask<Body> ReadBodyAsync(HttpContext context, int maxBytes)
+    {
+        if (!IsJsonContent(context.Request))
+        {
+            return new ValueTask<Body>(new Body(default, StatusCodes.Status415UnsupportedMediaType, "Unsupported Media Type: Content-Type must be application/json"));
+        }
+        var reader = context.Request.BodyReader;
+        try
+        {
+            if (reader.TryRead(out var result))
+            {
+                var buffer = result.Buffer;
+                if (buffer.Length > maxBytes)
+                {
+                    reader.AdvanceTo(buffer.End);
+                    return new ValueTask<Body>(TooLarge(maxBytes));
+                }
+                if (result.IsCompleted)
+                {
+                    return new ValueTask<Body>(new Body(buffer, 0, null));
+                }
+                reader.AdvanceTo(buffer.Start, buffer.End);
+            }
+        }
+        catch (BadHttpRequestException ex)
+        {
+            return new ValueTask<Body>(BadRequest(ex, maxBytes));
+        }
+        return ReadBodySlowAsync(context, reader, maxBytes);
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private static async ValueTask<Body> ReadBodySlowAsync(HttpContext context, PipeReader reader, int maxBytes)
+    {
+        try
+        {
+            while (true)
+            {
+                var result = await reader.ReadAsync(context.RequestAborted).ConfigureAwait(false);
+                var buffer = result.Buffer;
+                if (buffer.Length > maxBytes)
+                {
+                    reader.AdvanceTo(buffer.End);
+                    return TooLarge(maxBytes);
+                }
+                if (result.IsCompleted)
+                {
+                    return new Body(buffer, 0, null);
+                }
+                reader.AdvanceTo(buffer.Start, buffer.End);
+            }
+        }
+        catch (BadHttpRequestException ex)
+        {
+            return BadRequest(ex, maxBytes);
+        }
+    }
+
+    private static Body TooLarge(int maxBytes) =>
+        new(default, StatusCodes.Status413PayloadTooLarge, $"Payload Too Large: messages are limited to {maxBytes} bytes");
+
+    private static Body BadRequest(BadHttpRequestException ex, int maxBytes) =>
+        ex.StatusCode == StatusCodes.Status413PayloadTooLarge ? TooLarge(maxBytes) : new(default, ex.StatusCode, "Bad Request: " + ex.Message);
 }

@@ -21,7 +21,10 @@ public sealed class GatewayHttpTests(GatewayFixture fixture) : IClassFixture<Gat
     private bool UpstreamSaw(string marker) => fixture.RecordedLines().Any(line => line.Contains(marker, StringComparison.Ordinal));
 
     /// <summary>An initialized Streamable HTTP session opened by hand.</summary>
-    private Task<string> OpenSessionAsync(string server = "stdio") => RawMcp.OpenSessionAsync(_http, fixture.Sidecar.McpUrl(server));
+    private Task<string> OpenSessionAsync(string server = "stdio", string version = "2025-06-18") => RawMcp.OpenSessionAsync(_http, fixture.Sidecar.McpUrl(server), version);
+
+    /// <summary>A session in the one protocol version with JSON-RPC batches.</summary>
+    private Task<string> OpenBatchSessionAsync() => OpenSessionAsync(version: "2025-03-26");
 
     private Task<HttpResponseMessage> PostAsync(string server, string body, string? session,
         string contentType = "application/json", string accept = "application/json, text/event-stream", Action<HttpRequestMessage>? configure = null)
@@ -132,7 +135,7 @@ public sealed class GatewayHttpTests(GatewayFixture fixture) : IClassFixture<Gat
     [Fact]
     public async Task A_denied_call_inside_a_batch_is_answered_but_never_forwarded()
     {
-        var session = await OpenSessionAsync();
+        var session = await OpenBatchSessionAsync();
         var allowed = Marker();
         var denied = Marker();
         var batch = $"[{Call(5, "echo", $$"""{"message":"{{allowed}}"}""")},{Call(6, "get-tiny-image", $$"""{"m":"{{denied}}"}""")}]";
@@ -156,8 +159,23 @@ public sealed class GatewayHttpTests(GatewayFixture fixture) : IClassFixture<Gat
         using var response = await PostAsync("stdio", body, session);
         Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
         var batch = """[{"jsonrpc":"2.0","method":"tools/call","params":{"name":"echo","arguments":{"message":"MARKER"}}}]""".Replace("MARKER", marker, StringComparison.Ordinal);
-        using var inBatch = await PostAsync("stdio", batch, session);
+        using var inBatch = await PostAsync("stdio", batch, await OpenBatchSessionAsync());
         Assert.Equal(HttpStatusCode.Accepted, inBatch.StatusCode);
+        Assert.False(UpstreamSaw(marker));
+    }
+
+    [Theory]
+    [InlineData("2025-06-18")]
+    [InlineData("2025-11-25")]
+    public async Task A_batch_is_refused_in_a_session_whose_version_has_no_batches(string version)
+    {
+        var session = await OpenSessionAsync(version: version);
+        var marker = Marker();
+        using var response = await PostAsync("stdio", $"[{Call(5, "echo", $$"""{"message":"{{marker}}"}""")}]", session);
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        var error = (await MessagesAsync(response)).Single().GetProperty("error");
+        Assert.Equal(-32600, error.GetProperty("code").GetInt32());
+        Assert.Contains("batches", error.GetProperty("message").GetString(), StringComparison.Ordinal);
         Assert.False(UpstreamSaw(marker));
     }
 

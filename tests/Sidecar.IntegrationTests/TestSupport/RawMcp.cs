@@ -10,6 +10,9 @@ public static class RawMcp
     public const string InitializeBody =
         """{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}""";
 
+    /// <summary>The <c>initialize</c> request of a client asking for <paramref name="version"/>.</summary>
+    public static string Initialize(string version) => InitializeBody.Replace("2025-06-18", version, StringComparison.Ordinal);
+
     /// <summary>POSTs <paramref name="body"/> as an agent would (accepting JSON and SSE), with the session header when given.</summary>
     public static async Task<HttpResponseMessage> PostAsync(HttpClient http, Uri url, string body, string? session,
         string contentType = "application/json", string accept = "application/json, text/event-stream", Action<HttpRequestMessage>? configure = null)
@@ -26,9 +29,9 @@ public static class RawMcp
     }
 
     /// <summary>initialize, then notifications/initialized: an open session, whose id is returned.</summary>
-    public static async Task<string> OpenSessionAsync(HttpClient http, Uri url)
+    public static async Task<string> OpenSessionAsync(HttpClient http, Uri url, string version = "2025-06-18")
     {
-        using var response = await PostAsync(http, url, InitializeBody, null);
+        using var response = await PostAsync(http, url, Initialize(version), null);
         var body = await response.Content.ReadAsStringAsync();
         Assert.True(response.StatusCode == HttpStatusCode.OK, body);
         var session = response.Headers.GetValues("Mcp-Session-Id").Single();

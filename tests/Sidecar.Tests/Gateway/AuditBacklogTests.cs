@@ -2,7 +2,7 @@ using System.Buffers;
 using Sidecar.Audit;
 using Sidecar.Configuration;
 using Sidecar.Decisions;
-using Sidecar.Gateway;
+using Sidecar.Sessions;
 using Sidecar.Tests.Audit;
 using Sidecar.Tests.TestSupport;
 

@@ -1,14 +1,18 @@
 using Microsoft.AspNetCore.Http;
-using Sidecar.Configuration;
 using Sidecar.Gateway;
+using Sidecar.Sessions;
 
 namespace Sidecar.Tests.Gateway;
 
 public class HttpGuardsTests
 {
-    private static HttpGuards Guards(params string[] allowedHosts) => new(
-        new SidecarConfig(null, "127.0.0.1:0", [], null, BlockedCallStyle.Error, GatewayLimits.Default, [], allowedHosts, AuditConfig.Disabled),
-        listeningOnLoopback: true);
+    /// <summary>The host and origin checks of a gateway listening on loopback with <paramref name="allowedHosts"/>.</summary>
+    private sealed class Guard(OriginGuard origins)
+    {
+        public string? CheckHostAndOrigin(HttpRequest request) => HttpGuards.CheckHostAndOrigin(request, origins, listeningOnLoopback: true);
+    }
+
+    private static Guard Guards(params string[] allowedHosts) => new(new OriginGuard(allowedHosts, []));
 
     private static HttpRequest Request(string? host = null, string? accept = null, string? contentType = null)
     {
@@ -91,7 +95,7 @@ public class HttpGuardsTests
         Assert.Equal(1100, ok);
     }
 
-    private static int Check(HttpGuards guards, HttpRequest request, int count)
+    private static int Check(Guard guards, HttpRequest request, int count)
     {
         var ok = 0;
         for (var i = 0; i < count; i++)

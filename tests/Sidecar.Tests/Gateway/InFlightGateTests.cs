@@ -1,4 +1,4 @@
-using Sidecar.Gateway;
+using Sidecar.Sessions;
 
 namespace Sidecar.Tests.Gateway;
 

@@ -1,5 +1,5 @@
 using System.Text;
-using Sidecar.Gateway;
+using Sidecar.Sessions;
 
 namespace Sidecar.Tests.Gateway;
 

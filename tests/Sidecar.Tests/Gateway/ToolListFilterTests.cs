@@ -1,6 +1,6 @@
 using System.Text;
 using System.Text.Json;
-using Sidecar.Gateway;
+using Sidecar.Sessions;
 using Sidecar.Tests.TestSupport;
 
 namespace Sidecar.Tests.Gateway;

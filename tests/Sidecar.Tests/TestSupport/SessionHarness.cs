@@ -1,11 +1,11 @@
 using System.Buffers;
+using System.Collections.Frozen;
 using System.Text;
 using System.Text.Json;
 using Microsoft.Extensions.Logging.Abstractions;
 using Sidecar.Audit;
 using Sidecar.Configuration;
-using Sidecar.Decisions;
-using Sidecar.Gateway;
+using Sidecar.Sessions;
 using Sidecar.JsonRpc;
 using Sidecar.Policy;
 using Sidecar.RateLimiting;
@@ -14,23 +14,27 @@ using Sidecar.Tests.Audit;
 namespace Sidecar.Tests.TestSupport;
 
 /// <summary>
-/// One agent session in front of an <see cref="EchoConnector"/>, with a policy and an audit pipeline that is not
-/// started (a test runs the writer's passes itself): the gateway's protocol rules without HTTP or npm servers.
+/// One agent session of a real <see cref="SessionEngine"/> in front of an <see cref="EchoConnector"/>, with a policy
+/// and an audit pipeline that is not started (a test runs the writer's passes itself): the gateway's protocol rules
+/// without HTTP or npm servers.
 /// </summary>
 internal static class SessionHarness
 {
-    public static (AgentSession Session, EchoConnector Connector, AuditPipeline Pipeline) Create(AuditConfig audit, string policyJson,
+    public static (TestSession Session, EchoConnector Connector, AuditPipeline Pipeline) Create(AuditConfig audit, string policyJson,
         BlockedCallStyle blockedCalls = BlockedCallStyle.Error)
     {
         var pipeline = AuditTest.Pipeline(new MemorySink(), audit);
         var diagnostics = new DiagnosticBag();
         var policy = PolicyCompiler.Load(Encoding.UTF8.GetBytes(policyJson), "srv", diagnostics) ?? throw new InvalidOperationException(diagnostics.ToString());
-        var config = new ServerConfig("srv", default, UpstreamTransport.Stdio, "echo", [], new Dictionary<string, string>(), null, null,
+        var server = new ServerConfig("srv", default, UpstreamTransport.Stdio, "echo", [], new Dictionary<string, string>(), null, null,
             new Dictionary<string, string>(), null);
+        var config = new SidecarConfig(null, "127.0.0.1:0", [server], null, blockedCalls, GatewayLimits.Default, [], [], audit);
         var connector = new EchoConnector();
-        var server = new ServerRuntime(config, connector, policy, new DecisionEngine(new RateLimitStore()),
-            new GatewayOptions(GatewayLimits.Default, blockedCalls), NullLogger.Instance, pipeline.Recorder);
-        return (new AgentSession("session-1", server, legacy: false), connector, pipeline);
+        var state = new ServerState(server, policy, new UpstreamHandle(connector), 64);
+        var snapshot = new GatewaySnapshot(config, new Dictionary<string, ServerState> { ["srv"] = state }.ToFrozenDictionary(), 1);
+        var engine = new SessionEngine(snapshot, pipeline.Recorder, new RateLimitStore(), NullLoggerFactory.Instance);
+        Assert.Equal(SessionOpen.Opened, engine.TryOpen(snapshot, state, SessionTransport.StreamableHttp, out var session));
+        return (new TestSession(engine, session!), connector, pipeline);
     }
 
     public static JsonRpcScan Scan(byte[] message)
@@ -39,7 +43,7 @@ internal static class SessionHarness
         return scan;
     }
 
-    public static async Task<JsonElement> CallAsync(AgentSession session, byte[] message)
+    public static async Task<JsonElement> CallAsync(TestSession session, byte[] message)
     {
         var sink = new MessageSink(acceptsRelatedMessages: false);
         Assert.True(await session.ProcessAsync(new ReadOnlySequence<byte>(message), Scan(message), sink, CancellationToken.None));
@@ -58,5 +62,27 @@ internal static class SessionHarness
             }
         }
         throw new InvalidOperationException("the sink ended without an answer");
+    }
+}
+
+/// <summary>A session and its engine: messages go through <see cref="SessionEngine.ReceiveAsync"/> as a transport sends them.</summary>
+internal sealed class TestSession(SessionEngine engine, McpSession session) : IAsyncDisposable
+{
+    public SessionEngine Engine { get; } = engine;
+
+    public McpSession Session { get; } = session;
+
+    /// <summary>True when an answer will come to <paramref name="sink"/>.</summary>
+    public async ValueTask<bool> ProcessAsync(ReadOnlySequence<byte> message, JsonRpcScan scan, MessageSink sink, CancellationToken cancellationToken)
+    {
+        var (expected, refused) = await Engine.ReceiveAsync(Engine.Current, Session, message, scan, sink, cancellationToken);
+        Assert.Null(refused);
+        return expected > 0;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await Session.DisposeAsync();
+        await Engine.DisposeAsync();
     }
 }

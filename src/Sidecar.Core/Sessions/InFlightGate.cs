@@ -1,4 +1,4 @@
-namespace Sidecar.Gateway;
+namespace Sidecar.Sessions;
 
 /// <summary>
 /// Caps the agent requests the gateway works on at once (<c>limits.maxInFlight</c>): the POSTs that carry JSON-RPC
@@ -11,14 +11,24 @@ internal sealed class InFlightGate
 {
     private int _count;
     private long _shed;
+    private volatile int _capacity;
 
     public InFlightGate(int capacity)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(capacity, 1);
-        Capacity = capacity;
+        _capacity = capacity;
     }
 
-    public int Capacity { get; }
+    /// <summary>The cap; a reload may change it (requests in flight over a lowered cap finish, new ones wait for room).</summary>
+    public int Capacity
+    {
+        get => _capacity;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(value, 1);
+            _capacity = value;
+        }
+    }
 
     /// <summary>Requests in flight now.</summary>
     public int Count => Volatile.Read(ref _count);
@@ -30,7 +40,8 @@ internal sealed class InFlightGate
     public bool TryEnter()
     {
         var count = Volatile.Read(ref _count);
-        while (count < Capacity)
+        var capacity = _capacity;
+        while (count < capacity)
         {
             var seen = Interlocked.CompareExchange(ref _count, count + 1, count);
             if (seen == count)

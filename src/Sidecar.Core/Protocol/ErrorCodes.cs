@@ -1,4 +1,6 @@
-namespace Sidecar.Decisions;
+using Sidecar.Decisions;
+
+namespace Sidecar.Protocol;
 
 /// <summary>
 /// JSON-RPC error codes the gateway returns. Decisions use distinct codes in -32010..-32019 (inside the
@@ -43,6 +45,21 @@ public static class ErrorCodes
 
     /// <summary>Generic server error used by Streamable HTTP for transport-level problems (bad session, bad headers).</summary>
     public const int ServerError = -32000;
+
+    /// <summary>The first code of the range MCP reserves for the specification (-32020..-32099): never ours to invent.</summary>
+    public const int SpecificationReservedFirst = -32099;
+
+    /// <summary>The last code of the range MCP reserves for the specification.</summary>
+    public const int SpecificationReservedLast = -32020;
+
+    /// <summary>MCP 2026-07-28: an <c>Mcp-*</c> header does not say what the body says (the specification's code).</summary>
+    public const int HeaderMismatch = -32020;
+
+    /// <summary>MCP 2026-07-28: the requested protocol version is not supported (the specification's code).</summary>
+    public const int UnsupportedProtocolVersion = -32022;
+
+    /// <summary>Whether <paramref name="code"/> lies in the range the MCP specification reserves.</summary>
+    public static bool IsSpecificationReserved(int code) => code is >= SpecificationReservedFirst and <= SpecificationReservedLast;
 
     public static int For(DecisionOutcome outcome) => outcome switch
     {

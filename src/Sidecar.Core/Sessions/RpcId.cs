@@ -1,6 +1,6 @@
 using System.Text.Json;
 
-namespace Sidecar.Gateway;
+namespace Sidecar.Sessions;
 
 /// <summary>
 /// A JSON-RPC id as a lookup key, compared the way the peer will compare it: strings after unescaping, numbers by

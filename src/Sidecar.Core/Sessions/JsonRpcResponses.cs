@@ -2,8 +2,9 @@ using System.Buffers;
 using System.Text;
 using System.Text.Json;
 using Sidecar.Decisions;
+using Sidecar.Protocol;
 
-namespace Sidecar.Gateway;
+namespace Sidecar.Sessions;
 
 /// <summary>Builds the messages the gateway itself sends: errors, blocked-call answers, re-initialization.</summary>
 internal static class JsonRpcResponses
@@ -152,6 +153,36 @@ internal static class JsonRpcResponses
             writer.WriteNumber("remaining"u8, decision.Remaining);
         }
         writer.WriteEndObject();
+    }
+
+    /// <summary>
+    /// The answer to a 2026-07-28 (stateless) request when the upstream serves sessions: -32022 with the versions this
+    /// gateway serves, so dual-era clients (the official C# client probes <c>server/discover</c> first) fall back to <c>initialize</c>.
+    /// </summary>
+    public static byte[] UnsupportedVersion(ReadOnlySpan<byte> rawId)
+    {
+        var buffer = new ArrayBufferWriter<byte>(256);
+        using (var writer = new Utf8JsonWriter(buffer, s_writerOptions))
+        {
+            writer.WriteStartObject();
+            writer.WriteString("jsonrpc"u8, "2.0"u8);
+            WriteId(writer, rawId);
+            writer.WriteStartObject("error"u8);
+            writer.WriteNumber("code"u8, ErrorCodes.UnsupportedProtocolVersion);
+            writer.WriteString("message"u8, $"Unsupported protocol version {McpProtocol.V20260728}: this gateway serves MCP sessions (initialize)");
+            writer.WriteStartObject("data"u8);
+            writer.WriteStartArray("supported"u8);
+            foreach (var version in McpProtocol.SessionVersions)
+            {
+                writer.WriteStringValue(version);
+            }
+            writer.WriteEndArray();
+            writer.WriteString("requested"u8, McpProtocol.V20260728);
+            writer.WriteEndObject();
+            writer.WriteEndObject();
+            writer.WriteEndObject();
+        }
+        return buffer.WrittenSpan.ToArray();
     }
 
     /// <summary>A request the gateway sends on its own behalf, e.g. re-initializing a respawned upstream.</summary>

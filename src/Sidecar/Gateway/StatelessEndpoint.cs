@@ -7,36 +7,37 @@ using Microsoft.Extensions.Logging;
 using Sidecar.Audit;
 using Sidecar.Decisions;
 using Sidecar.JsonRpc;
+using Sidecar.Protocol;
+using Sidecar.Sessions;
 using Sidecar.Upstreams;
+using static Sidecar.Gateway.HttpAnswers;
 
 namespace Sidecar.Gateway;
 
 /// <summary>
 /// The stateless era (MCP 2026-07-28) in front of an upstream that speaks it: one self-contained request per POST,
 /// no session. The mirrored <c>Mcp-Method</c>/<c>Mcp-Name</c> headers must say what the body says (the decision is
-/// always made on the body); the request is decided like any other and passed through.
+/// always made on the body); the request is decided like any other (<see cref="ToolCalls"/>), passed through, and
+/// its answer reviewed like a session's (<see cref="Answers"/>).
 /// </summary>
-internal sealed partial class McpEndpoints
+internal sealed class StatelessEndpoint(Gateway gateway, ILogger logger)
 {
-    private const int HeaderMismatch = -32020;
-    private static readonly string[] s_forwardedHeaders = ["MCP-Protocol-Version", "Mcp-Method", "Mcp-Name"];
+    /// <summary>Stands in for a session's sink: a stateless answer is written straight to the response.</summary>
+    private static readonly MessageSink s_noSink = new(acceptsRelatedMessages: false);
 
-    private static async ValueTask<bool> SpeaksStatelessAsync(IStatelessUpstream upstream, CancellationToken cancellationToken)
-    {
-        try
-        {
-            return await upstream.SpeaksStatelessAsync(cancellationToken).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException)
-        {
-            return false;
-        }
-    }
+    private SessionEngine Engine => gateway.Engine;
 
+    /// <summary>A POST with <c>MCP-Protocol-Version: 2026-07-28</c>: passed through, or refused when the upstream serves sessions.</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask HandleStatelessAsync(HttpContext context, ServerRuntime server, IStatelessUpstream upstream,
-        ReadOnlySequence<byte> body, JsonRpcScan scan)
+    public async ValueTask HandleAsync(HttpContext context, GatewaySnapshot snapshot, ServerState server, ReadOnlySequence<byte> body, JsonRpcScan scan)
     {
+        if (server.Upstream.Connector is not IStatelessUpstream upstream || !await SpeaksStatelessAsync(upstream, context.RequestAborted).ConfigureAwait(false))
+        {
+            // This upstream serves the session era: say so the way dual-era clients understand at once (they fall back to initialize).
+            var rawId = scan.Kind == JsonRpcMessageKind.Request ? body.Slice(scan.Id.Start, scan.Id.Length).ToArray() : [];
+            await WriteJsonAsync(context, JsonRpcResponses.UnsupportedVersion(rawId), StatusCodes.Status400BadRequest).ConfigureAwait(false);
+            return;
+        }
         if (scan.Kind != JsonRpcMessageKind.Request)
         {
             await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.InvalidRequest,
@@ -48,36 +49,39 @@ internal sealed partial class McpEndpoints
         if ((CollectMcpHeaders(context.Request, headers) ?? CheckMirroredHeaders(context.Request, body, scan)) is { } mismatch)
         {
             logger.LogWarning("Refused a stateless request to {Server}: {Reason}", server.Name, mismatch);
-            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, HeaderMismatch, mismatch, rawIdToken.ToArray()).ConfigureAwait(false);
+            await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.HeaderMismatch, mismatch, rawIdToken.ToArray()).ConfigureAwait(false);
             return;
         }
         if (scan.Status == ScanStatus.InvalidParams)
         {
-            await WriteJsonAsync(context, StatusCodes.Status200OK, JsonRpcResponses.Error(rawIdToken.ToArray(), ErrorCodes.InvalidParams, "Invalid params: " + scan.Error)).ConfigureAwait(false);
+            await WriteJsonAsync(context, JsonRpcResponses.Error(rawIdToken.ToArray(), ErrorCodes.InvalidParams, SessionMessages.InvalidParams(scan.Error))).ConfigureAwait(false);
             return;
         }
 
+        var audit = Engine.Audit;
         var decision = default(Decision);
-        var decided = false;
         long auditId = 0;
+        var decided = false;
         if (scan.Method == McpMethod.ToolsCall)
         {
-            switch (ToolCallPolicy.Decide(server, body, scan, default, rawIdToken, out decision, out var tool, out auditId, out var ticket))
+            var verdict = Engine.Calls.Decide(server, snapshot.Options, body, scan, default, rawIdToken, out decision, out var tool, out auditId, out var ticket);
+            if (verdict is CallVerdict.Blocked or CallVerdict.AuditBacklog)
             {
-                case ToolCallVerdict.Blocked:
-                    // A denial is an answer, not a transport failure: HTTP 200 with the JSON-RPC error.
-                    var asResult = server.Options.BlockedCalls == Configuration.BlockedCallStyle.ToolResult;
-                    var blocked = JsonRpcResponses.Blocked(rawIdToken.ToArray(), server.Name, tool!, decision, asResult);
-                    await server.Audit.WhenWrittenAsync(ticket).ConfigureAwait(false);
-                    await WriteJsonAsync(context, StatusCodes.Status200OK, blocked).ConfigureAwait(false);
-                    return;
-                case ToolCallVerdict.AuditBacklog:
-                    await WriteJsonAsync(context, StatusCodes.Status200OK,
-                        JsonRpcResponses.AuditBacklog(rawIdToken.ToArray(), server.Name, tool!, server.Audit.RetryAfterMs)).ConfigureAwait(false);
-                    return;
+                // A denial is an answer, not a transport failure: HTTP 200 with the JSON-RPC error.
+                var answer = ToolCalls.Answer(verdict, rawIdToken.ToArray(), server.Name, tool!, decision, snapshot.Options.BlockedCalls, audit.RetryAfterMs);
+                await audit.WhenWrittenAsync(ticket).ConfigureAwait(false);
+                await WriteJsonAsync(context, answer).ConfigureAwait(false);
+                return;
             }
             decided = true;
         }
+        var pending = new PendingRequest(default, rawIdToken.ToArray(), s_noSink, 0)
+        {
+            ToolListPolicy = scan.Method == McpMethod.ToolsList ? server.Policy : null,
+            HasDecision = decided,
+            Charges = decided ? DecisionEngine.CopyCharges(decision) : null,
+            AuditId = auditId,
+        };
 
         StatelessExchange exchange;
         try
@@ -89,15 +93,16 @@ internal sealed partial class McpEndpoints
             long ticket = 0;
             if (decided)
             {
-                server.Engine.Refund(ref decision);
-                ticket = server.Audit.RecordCompletion(auditId, AuditOutcome.Unavailable, ErrorCodes.UpstreamUnavailable);
+                Engine.Decisions.Refund(ref decision);
+                ticket = audit.RecordCompletion(auditId, AuditOutcome.Unavailable, ErrorCodes.UpstreamUnavailable);
             }
-            await server.Audit.WhenWrittenAsync(ticket).ConfigureAwait(false);
-            await WriteJsonAsync(context, StatusCodes.Status502BadGateway,
-                JsonRpcResponses.Error(rawIdToken.ToArray(), ErrorCodes.UpstreamUnavailable, $"Upstream server \"{server.Name}\" is unavailable: {ex.Message}")).ConfigureAwait(false);
+            await audit.WhenWrittenAsync(ticket).ConfigureAwait(false);
+            await WriteJsonAsync(context, JsonRpcResponses.Error(pending.RawId, ErrorCodes.UpstreamUnavailable, SessionMessages.Unavailable(server.Name, ex.Message)),
+                StatusCodes.Status502BadGateway).ConfigureAwait(false);
             return;
         }
 
+        var answered = !decided; // a call's completion is recorded once, by its answer or below
         await using (exchange.ConfigureAwait(false))
         {
             var response = context.Response;
@@ -111,19 +116,26 @@ internal sealed partial class McpEndpoints
             {
                 while (await exchange.ReadAsync(context.RequestAborted).ConfigureAwait(false) is { } message)
                 {
-                    var outgoing = ReviewStatelessMessage(server, message, rawIdToken, scan.Method, decided, ref decision, ref auditId, out var ticket);
-                    if (outgoing is null)
+                    if (JsonRpcScanner.Scan(message.Span, out var answerScan, snapshot.Options.Scanner) != ScanStatus.Ok)
                     {
+                        logger.LogWarning("Dropped an invalid message from upstream {Server}: {Error}", server.Name, answerScan.Error);
                         continue;
                     }
-                    await server.Audit.WhenWrittenAsync(ticket).ConfigureAwait(false);
+                    var outgoing = message;
+                    long ticket = 0;
+                    if (answerScan.Kind is JsonRpcMessageKind.Response or JsonRpcMessageKind.ErrorResponse)
+                    {
+                        outgoing = Answers.Review(Engine, server.Name, pending, message, answerScan, out ticket);
+                        answered = true;
+                    }
+                    await audit.WhenWrittenAsync(ticket).ConfigureAwait(false);
                     if (exchange.IsEventStream)
                     {
-                        SseWriter.WriteEvent(response.BodyWriter, "message"u8, outgoing.Value.Span);
+                        SseWriter.WriteEvent(response.BodyWriter, "message"u8, outgoing.Span);
                     }
                     else
                     {
-                        response.BodyWriter.Write(outgoing.Value.Span);
+                        response.BodyWriter.Write(outgoing.Span);
                     }
                     await response.BodyWriter.FlushAsync(context.RequestAborted).ConfigureAwait(false);
                 }
@@ -134,46 +146,25 @@ internal sealed partial class McpEndpoints
             }
             finally
             {
-                // No answer reached the agent: the stream broke off, or the agent went away.
-                server.Audit.RecordCompletion(auditId, context.RequestAborted.IsCancellationRequested ? AuditOutcome.Cancelled : AuditOutcome.Unavailable);
+                if (!answered)
+                {
+                    // No answer reached the agent: the stream broke off, or the agent went away.
+                    audit.RecordCompletion(auditId, context.RequestAborted.IsCancellationRequested ? AuditOutcome.Cancelled : AuditOutcome.Unavailable);
+                }
             }
         }
     }
 
-    /// <summary>
-    /// Looks at one message of the upstream's answer: invalid ones are dropped, a <c>tools/list</c> result is
-    /// filtered through the policy, a failed <c>tools/call</c> gives its tokens back.
-    /// </summary>
-    private ReadOnlyMemory<byte>? ReviewStatelessMessage(ServerRuntime server, ReadOnlyMemory<byte> message, ReadOnlySequence<byte> rawIdToken, McpMethod method,
-        bool decided, ref Decision decision, ref long auditId, out long ticket)
+    private static async ValueTask<bool> SpeaksStatelessAsync(IStatelessUpstream upstream, CancellationToken cancellationToken)
     {
-        ticket = 0;
-        if (JsonRpcScanner.Scan(message.Span, out var scan, gateway.Options.Scanner) != ScanStatus.Ok)
+        try
         {
-            logger.LogWarning("Dropped an invalid message from upstream {Server}: {Error}", server.Name, scan.Error);
-            return null;
+            return await upstream.SpeaksStatelessAsync(cancellationToken).ConfigureAwait(false);
         }
-        if (scan.Kind == JsonRpcMessageKind.ErrorResponse && decided)
+        catch (OperationCanceledException)
         {
-            server.Engine.Refund(ref decision);
+            return false;
         }
-        if (decided && scan.Kind is JsonRpcMessageKind.Response or JsonRpcMessageKind.ErrorResponse)
-        {
-            ticket = server.Audit.RecordCompletion(auditId, AuditResponses.Classify(message.Span, scan.Kind, out var errorCode), errorCode);
-            auditId = 0;
-        }
-        if (scan.Kind == JsonRpcMessageKind.Response && method == McpMethod.ToolsList)
-        {
-            try
-            {
-                return ToolListFilter.Filter(message, server.Policy, rawIdToken.ToArray(), out _) ?? message;
-            }
-            catch (JsonException)
-            {
-                return JsonRpcResponses.Error(rawIdToken.ToArray(), ErrorCodes.InternalError, "Internal error: the upstream tools/list response could not be checked");
-            }
-        }
-        return message;
     }
 
     /// <summary>
@@ -193,7 +184,7 @@ internal sealed partial class McpEndpoints
             {
                 return $"Header mismatch: more than one {name} header";
             }
-            if (values.Count == 1 && values[0] is { } value && (IsForwarded(name) || name.StartsWith("Mcp-Param-", StringComparison.OrdinalIgnoreCase)))
+            if (values.Count == 1 && values[0] is { } value && (IsForwarded(name) || name.StartsWith(McpProtocol.ParamHeaderPrefix, StringComparison.OrdinalIgnoreCase)))
             {
                 forwarded.Add(new(name, value));
             }
@@ -203,7 +194,7 @@ internal sealed partial class McpEndpoints
 
     private static bool IsForwarded(string name)
     {
-        foreach (var header in s_forwardedHeaders)
+        foreach (var header in McpProtocol.ForwardedStatelessHeaders)
         {
             if (header.Equals(name, StringComparison.OrdinalIgnoreCase))
             {
@@ -221,7 +212,7 @@ internal sealed partial class McpEndpoints
     /// </summary>
     internal static string? CheckMirroredHeaders(HttpRequest request, ReadOnlySequence<byte> body, in JsonRpcScan scan)
     {
-        if (Mirror(request, "Mcp-Method", body, scan.MethodName) is { } methodError)
+        if (Mirror(request, McpProtocol.MethodHeader, body, scan.MethodName) is { } methodError)
         {
             return methodError;
         }
@@ -231,7 +222,7 @@ internal sealed partial class McpEndpoints
             McpMethod.ResourcesRead => scan.Uri,
             _ => default,
         };
-        return named.IsEmpty ? null : Mirror(request, "Mcp-Name", body, named);
+        return named.IsEmpty ? null : Mirror(request, McpProtocol.NameHeader, body, named);
     }
 
     private static string? Mirror(HttpRequest request, string header, ReadOnlySequence<byte> body, TokenRange token)
@@ -285,12 +276,5 @@ internal sealed partial class McpEndpoints
         var reader = new Utf8JsonReader(body.Slice(token.Start, token.Length));
         reader.Read();
         return reader.GetString();
-    }
-
-    private static async Task WriteJsonAsync(HttpContext context, int status, byte[] body)
-    {
-        context.Response.StatusCode = status;
-        context.Response.ContentType = "application/json";
-        await context.Response.BodyWriter.WriteAsync(body, context.RequestAborted).ConfigureAwait(false);
     }
 }

@@ -2,7 +2,7 @@ using System.Collections.Concurrent;
 using System.Threading.Tasks.Sources;
 using Sidecar.Threading;
 
-namespace Sidecar.Gateway;
+namespace Sidecar.Sessions;
 
 /// <summary>
 /// One message on its way to the agent. <see cref="IsResponse"/> marks the answer to one of the agent's requests;

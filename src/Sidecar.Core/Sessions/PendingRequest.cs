@@ -1,6 +1,7 @@
 using Sidecar.Decisions;
+using Sidecar.Policy;
 
-namespace Sidecar.Gateway;
+namespace Sidecar.Sessions;
 
 /// <summary>An agent request forwarded upstream and waiting for its response.</summary>
 internal sealed class PendingRequest(RpcId key, byte[] rawId, MessageSink sink, long correlation)
@@ -14,8 +15,14 @@ internal sealed class PendingRequest(RpcId key, byte[] rawId, MessageSink sink, 
 
     public long Correlation { get; } = correlation;
 
-    /// <summary>The response is a <c>tools/list</c> result to filter through the policy.</summary>
-    public bool FilterToolList { get; init; }
+    /// <summary>For a <c>tools/list</c>: the policy (of the snapshot the request ran under) its result is filtered through.</summary>
+    public PolicyModel? ToolListPolicy { get; init; }
+
+    /// <summary>The agent's <c>initialize</c>: its result says which protocol version the session speaks.</summary>
+    public bool IsInitialize { get; init; }
+
+    /// <summary><c>limits.upstreamTimeout</c> when the request was sent, for the timeout's message.</summary>
+    public double TimeoutSeconds { get; init; }
 
     /// <summary>The tool name of a <c>tools/call</c>, for errors and logs.</summary>
     public string? Tool { get; init; }

@@ -1,9 +1,8 @@
 using System.Reflection;
 using Microsoft.Extensions.Logging;
-using Sidecar.Audit;
 using Sidecar.Configuration;
 
-namespace Sidecar.Gateway;
+namespace Sidecar.Audit;
 
 /// <summary>Builds the audit pipeline a config asks for: its sinks, and where the hash chain continues.</summary>
 internal static class AuditSetup

@@ -2,7 +2,7 @@ using System.Buffers;
 using System.Text.Json;
 using Sidecar.Policy;
 
-namespace Sidecar.Gateway;
+namespace Sidecar.Sessions;
 
 /// <summary>
 /// Removes hidden and denied tools from a <c>tools/list</c> response before it reaches the agent. Everything else

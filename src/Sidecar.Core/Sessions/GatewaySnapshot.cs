@@ -1,0 +1,92 @@
+using System.Collections.Frozen;
+using Sidecar.Configuration;
+using Sidecar.JsonRpc;
+using Sidecar.Policy;
+using Sidecar.Upstreams;
+
+namespace Sidecar.Sessions;
+
+/// <summary>Gateway-wide settings derived from the config file.</summary>
+internal sealed record GatewayOptions(GatewayLimits Limits, BlockedCallStyle BlockedCalls)
+{
+    public JsonRpcScannerOptions Scanner { get; } = new() { MaxMessageBytes = Limits.MaxMessageBytes };
+}
+
+/// <summary>
+/// Everything the gateway serves with, built whole from one config and its policies and published with one volatile
+/// swap (<see cref="SessionEngine.Apply"/>): a request reads <see cref="SessionEngine.Current"/> once and uses that
+/// snapshot to its end, whatever reloads meanwhile. Immutable.
+/// </summary>
+internal sealed class GatewaySnapshot
+{
+    public GatewaySnapshot(SidecarConfig config, FrozenDictionary<string, ServerState> servers, long version)
+    {
+        Config = config;
+        Servers = servers;
+        Version = version;
+        Options = new GatewayOptions(config.Limits, config.BlockedCalls);
+        Origins = new OriginGuard(config.AllowedHosts, config.AllowedOrigins);
+    }
+
+    public SidecarConfig Config { get; }
+    public FrozenDictionary<string, ServerState> Servers { get; }
+    public GatewayOptions Options { get; }
+
+    /// <summary>Which <c>Host</c> and <c>Origin</c> values agents may send.</summary>
+    public OriginGuard Origins { get; }
+
+    /// <summary>1 for the snapshot the gateway started with, +1 per applied reload.</summary>
+    public long Version { get; }
+
+    public ServerState? Find(string name) => Servers.GetValueOrDefault(name);
+}
+
+/// <summary>One upstream server in a snapshot: its definition, its compiled policy and the connector new sessions use.</summary>
+internal sealed class ServerState(ServerConfig config, PolicyModel policy, UpstreamHandle upstream, int maxSessions)
+{
+    public string Name => Config.Name;
+    public ServerConfig Config { get; } = config;
+
+    /// <summary>The compiled policy: read once per decision, replaced only by a new snapshot.</summary>
+    public PolicyModel Policy { get; } = policy;
+
+    /// <summary>Opens upstream sessions; shared with the next snapshot while the server's definition is unchanged.</summary>
+    public UpstreamHandle Upstream { get; } = upstream;
+
+    /// <summary><c>limits.maxSessionsPerServer</c> for this server (64 for stdio, 1024 otherwise, unless configured).</summary>
+    public int MaxSessions { get; } = maxSessions;
+}
+
+/// <summary>
+/// A connector and the sessions using it. A reload that changes a server's definition retires the old handle: its
+/// sessions keep it, new sessions get the new one, and the old connector (an HTTP client pool) is disposed once its
+/// last session has closed.
+/// </summary>
+internal sealed class UpstreamHandle(IUpstreamConnector connector)
+{
+    private int _users;
+    private int _retired;
+
+    public IUpstreamConnector Connector { get; } = connector;
+
+    public void Retain() => Interlocked.Increment(ref _users);
+
+    public void Release()
+    {
+        if (Interlocked.Decrement(ref _users) == 0 && Volatile.Read(ref _retired) != 0)
+        {
+            Close();
+        }
+    }
+
+    /// <summary>No new session will use it: closed now if idle, else when its last session closes.</summary>
+    public void Retire()
+    {
+        if (Interlocked.Exchange(ref _retired, 1) == 0 && Volatile.Read(ref _users) == 0)
+        {
+            Close();
+        }
+    }
+
+    private void Close() => (Connector as IDisposable)?.Dispose();
+}

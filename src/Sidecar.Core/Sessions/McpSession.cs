@@ -1,0 +1,316 @@
+using System.Buffers;
+using System.Collections.Concurrent;
+using System.Threading.Channels;
+using Sidecar.Audit;
+using Sidecar.Decisions;
+using Sidecar.JsonRpc;
+using Sidecar.Protocol;
+using Sidecar.Upstreams;
+
+namespace Sidecar.Sessions;
+
+/// <summary>How an agent reaches a session: it decides how it is found and how long it lives.</summary>
+internal enum SessionTransport : byte
+{
+    /// <summary>Streamable HTTP (<c>Mcp-Session-Id</c>), closed by DELETE or when idle.</summary>
+    StreamableHttp,
+
+    /// <summary>Legacy HTTP+SSE (2024-11-05): lives as long as its one stream, which carries every answer.</summary>
+    LegacySse,
+
+    /// <summary>The agent's own stdin/stdout (<c>sidecar wrap</c>): one session for the process's life.</summary>
+    Stdio,
+}
+
+/// <summary>
+/// One agent's MCP session in front of one upstream server. It owns its own upstream session (a process for stdio,
+/// an HTTP session otherwise), so server state, server-to-client requests and notifications reach the right agent.
+/// It knows nothing of the agent's transport: a transport hands it one scanned message at a time
+/// (<see cref="SessionEngine.ReceiveAsync"/> splits batches) with the <see cref="MessageSink"/> its answers go to.
+/// Allowed messages are forwarded as the agent sent them (ids included: one upstream session per agent session needs
+/// no id rewriting). This file is the agent side; <c>McpSession.Upstream.cs</c> the upstream side.
+/// </summary>
+internal sealed partial class McpSession : IAsyncDisposable
+{
+    /// <summary>Server messages kept while the agent has no stream open; past it the oldest are dropped.</summary>
+    private const int BacklogCapacity = 256;
+
+    private readonly SessionEngine _engine;
+    private readonly ServerState _server;
+    private readonly ConcurrentDictionary<RpcId, PendingRequest> _pending = new();
+    private readonly Channel<ReadOnlyMemory<byte>> _backlog = Channel.CreateBounded<ReadOnlyMemory<byte>>(
+        new BoundedChannelOptions(BacklogCapacity) { FullMode = BoundedChannelFullMode.DropOldest });
+    private readonly CancellationTokenSource _lifetime = new();
+    private byte[]? _initializeParams;
+    private string? _protocolVersion;
+    private MessageSink? _stream;
+    private long _correlation;
+    private long _lastActivity = Environment.TickCount64;
+    private int _disposed;
+
+    public McpSession(string id, SessionEngine engine, ServerState server, SessionTransport transport)
+    {
+        Id = id;
+        _engine = engine;
+        _server = server;
+        Transport = transport;
+        server.Upstream.Retain();
+    }
+
+    public string Id { get; }
+
+    public SessionTransport Transport { get; }
+
+    /// <summary>The server's name; its policy comes from the snapshot each request runs under.</summary>
+    public string ServerName => _server.Name;
+
+    /// <summary>The server as it was defined when the session opened (its upstream connector).</summary>
+    public ServerState Server => _server;
+
+    /// <summary>The agent's open stream, if any (always set for a legacy SSE or stdio session while it is connected).</summary>
+    public MessageSink? StreamSink => Volatile.Read(ref _stream);
+
+    public bool IsInitialized => Volatile.Read(ref _initializeParams) is not null;
+
+    /// <summary>The version the upstream's <c>initialize</c> result gave; null until then.</summary>
+    public string? ProtocolVersion => Volatile.Read(ref _protocolVersion);
+
+    public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
+
+    private SessionLog Log => _engine.Log;
+
+    private AuditRecorder Audit => _engine.Audit;
+
+    /// <summary>True when nothing is happening and the agent has not been seen for <paramref name="timeout"/>.</summary>
+    public bool IsIdle(TimeSpan timeout)
+        => _pending.IsEmpty && Volatile.Read(ref _stream) is null
+           && Environment.TickCount64 - Interlocked.Read(ref _lastActivity) > (long)timeout.TotalMilliseconds;
+
+    /// <summary>
+    /// Handles one message from the agent (never a batch: <see cref="SessionEngine.ReceiveAsync"/> splits them) under
+    /// <paramref name="snapshot"/>. Returns true when a response for it will be written to <paramref name="sink"/> (at
+    /// once for a blocked call or an error, later for a forwarded request).
+    /// </summary>
+    internal async ValueTask<bool> ProcessAsync(GatewaySnapshot snapshot, ReadOnlySequence<byte> message, JsonRpcScan scan, MessageSink sink,
+        CancellationToken cancellationToken)
+    {
+        Interlocked.Exchange(ref _lastActivity, Environment.TickCount64);
+        switch (scan.Kind)
+        {
+            case JsonRpcMessageKind.Response or JsonRpcMessageKind.ErrorResponse:
+                // The agent answering a server-to-client request (sampling, elicitation, roots): the id is the server's own.
+                await ForwardAsync(snapshot, message, cancellationToken).ConfigureAwait(false);
+                return false;
+            case JsonRpcMessageKind.Notification:
+                await ForwardAsync(snapshot, message, cancellationToken).ConfigureAwait(false);
+                return false;
+            case JsonRpcMessageKind.Request:
+                return await ProcessRequestAsync(snapshot, message, scan, sink, cancellationToken).ConfigureAwait(false);
+            default:
+                return false;
+        }
+    }
+
+    private async ValueTask<bool> ProcessRequestAsync(GatewaySnapshot snapshot, ReadOnlySequence<byte> message, JsonRpcScan scan, MessageSink sink,
+        CancellationToken cancellationToken)
+    {
+        var rawId = message.Slice(scan.Id.Start, scan.Id.Length).ToArray();
+        if (!RpcId.TryCreate(rawId, out var key))
+        {
+            sink.TryWrite(JsonRpcResponses.Error(rawId, ErrorCodes.InvalidRequest, SessionMessages.UnsupportedId), true);
+            return true;
+        }
+        if (scan.Status == ScanStatus.InvalidParams)
+        {
+            sink.TryWrite(JsonRpcResponses.Error(rawId, ErrorCodes.InvalidParams, SessionMessages.InvalidParams(scan.Error)), true);
+            return true;
+        }
+        // The policy of the snapshot this request runs under; a server removed by a reload closes its sessions.
+        if (snapshot.Find(_server.Name) is not { } current)
+        {
+            sink.TryWrite(JsonRpcResponses.Error(rawId, ErrorCodes.UpstreamUnavailable, SessionMessages.ServerRemoved(_server.Name)), true);
+            return true;
+        }
+
+        var decision = default(Decision);
+        var hasDecision = false;
+        string? tool = null;
+        long auditId = 0;
+        switch (scan.Method)
+        {
+            case McpMethod.ToolsCall:
+                var verdict = _engine.Calls.Decide(current, snapshot.Options, message, scan, new CallContext(null, null, Id),
+                    new ReadOnlySequence<byte>(rawId), out decision, out tool, out auditId, out var ticket);
+                if (verdict is CallVerdict.Blocked or CallVerdict.AuditBacklog)
+                {
+                    sink.TryWrite(ToolCalls.Answer(verdict, rawId, current.Name, tool!, decision, snapshot.Options.BlockedCalls, Audit.RetryAfterMs), true, ticket);
+                    return true;
+                }
+                hasDecision = true;
+                break;
+            case McpMethod.Initialize when IsInitialized:
+                sink.TryWrite(JsonRpcResponses.Error(rawId, ErrorCodes.InvalidRequest, SessionMessages.AlreadyInitialized), true);
+                return true;
+            case McpMethod.ServerDiscover:
+                sink.TryWrite(JsonRpcResponses.Error(rawId, ErrorCodes.MethodNotFound, SessionMessages.DiscoverInSession), true);
+                return true;
+        }
+
+        var pending = new PendingRequest(key, rawId, sink, Interlocked.Increment(ref _correlation))
+        {
+            ToolListPolicy = scan.Method == McpMethod.ToolsList ? current.Policy : null,
+            IsInitialize = scan.Method == McpMethod.Initialize,
+            Tool = tool,
+            HasDecision = hasDecision,
+            Charges = hasDecision ? DecisionEngine.CopyCharges(decision) : null,
+            AuditId = auditId,
+            Deadline = Deadline(snapshot.Options),
+            TimeoutSeconds = snapshot.Options.Limits.UpstreamTimeout.TotalSeconds,
+        };
+        if (!_pending.TryAdd(key, pending))
+        {
+            var ticket = Settle(pending, AuditOutcome.Error, ErrorCodes.InvalidRequest);
+            sink.TryWrite(JsonRpcResponses.Error(rawId, ErrorCodes.InvalidRequest, SessionMessages.DuplicateId), true, ticket);
+            return true;
+        }
+
+        try
+        {
+            var connection = await EnsureConnectedAsync(snapshot.Options, cancellationToken).ConfigureAwait(false);
+            pending.Generation = Volatile.Read(ref _generation);
+            await connection.SendAsync(message, pending.Correlation, cancellationToken).ConfigureAwait(false);
+            if (scan.Method == McpMethod.Initialize)
+            {
+                Volatile.Write(ref _initializeParams, scan.Params.IsEmpty ? [] : message.Slice(scan.Params.Start, scan.Params.Length).ToArray());
+            }
+        }
+        catch (UpstreamException ex)
+        {
+            Fail(pending, ErrorCodes.UpstreamUnavailable, SessionMessages.Unavailable(_server.Name, ex.Message));
+        }
+        catch (OperationCanceledException)
+        {
+            if (_pending.TryRemove(new KeyValuePair<RpcId, PendingRequest>(key, pending)))
+            {
+                Settle(pending, AuditOutcome.Cancelled, 0);
+            }
+            throw;
+        }
+        return true;
+    }
+
+    private async ValueTask ForwardAsync(GatewaySnapshot snapshot, ReadOnlySequence<byte> message, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var connection = await EnsureConnectedAsync(snapshot.Options, cancellationToken).ConfigureAwait(false);
+            await connection.SendAsync(message, 0, cancellationToken).ConfigureAwait(false);
+        }
+        catch (UpstreamException ex)
+        {
+            Log.ForwardFailed(_server.Name, ex.Message);
+        }
+    }
+
+    private static long Deadline(GatewayOptions options) => Environment.TickCount64 + (long)options.Limits.UpstreamTimeout.TotalMilliseconds;
+
+    /// <summary>Attaches the agent's stream (Streamable HTTP GET, legacy SSE, stdout). False if one is already open.</summary>
+    public bool AttachStream(MessageSink sink)
+    {
+        if (Interlocked.CompareExchange(ref _stream, sink, null) is not null)
+        {
+            return false;
+        }
+        while (_backlog.Reader.TryRead(out var message))
+        {
+            sink.TryWrite(message, false);
+        }
+        return true;
+    }
+
+    public void DetachStream(MessageSink sink)
+    {
+        Interlocked.CompareExchange(ref _stream, null, sink);
+        Interlocked.Exchange(ref _lastActivity, Environment.TickCount64);
+    }
+
+    /// <summary>The agent stopped waiting for these requests (it disconnected): forget them and tell the server.</summary>
+    public void Abandon(MessageSink sink)
+    {
+        foreach (var (_, pending) in _pending)
+        {
+            if (ReferenceEquals(pending.Sink, sink) && _pending.TryRemove(new KeyValuePair<RpcId, PendingRequest>(pending.Key, pending)))
+            {
+                // No refund: the server may have run the call already.
+                Audit.RecordCompletion(pending.AuditId, AuditOutcome.Cancelled);
+                _ = CancelUpstreamAsync(pending.RawId, SessionMessages.CancelledClientGone);
+            }
+        }
+    }
+
+    /// <summary>Fails requests whose upstream answer is overdue. Called by the engine's heartbeat.</summary>
+    public void ExpireOverdue(long now)
+    {
+        foreach (var (_, pending) in _pending)
+        {
+            if (pending.Deadline > now || !_pending.TryRemove(new KeyValuePair<RpcId, PendingRequest>(pending.Key, pending)))
+            {
+                continue;
+            }
+            Log.Overdue(_server.Name, pending.Key, Id);
+            if (pending.Internal is { } internalRequest)
+            {
+                internalRequest.TrySetException(new UpstreamException("the upstream did not answer initialize in time"));
+                continue;
+            }
+            // No refund: the server may still run the call.
+            var ticket = Audit.RecordCompletion(pending.AuditId, AuditOutcome.Timeout, ErrorCodes.UpstreamTimeout);
+            pending.Sink.TryWrite(JsonRpcResponses.Error(pending.RawId, ErrorCodes.UpstreamTimeout,
+                SessionMessages.Timeout(_server.Name, pending.TimeoutSeconds)), true, ticket);
+            _ = CancelUpstreamAsync(pending.RawId, SessionMessages.CancelledTimeout);
+        }
+    }
+
+    /// <summary>
+    /// A forwarded call that will get no upstream answer: its tokens go back and the audit trail learns how it ended.
+    /// Returns the audit ticket the gateway's answer for it waits for.
+    /// </summary>
+    private long Settle(PendingRequest pending, AuditOutcome outcome, int code)
+    {
+        if (!pending.HasDecision)
+        {
+            return 0;
+        }
+        Refund(pending);
+        return Audit.RecordCompletion(pending.AuditId, outcome, code);
+    }
+
+    private void Refund(PendingRequest pending)
+    {
+        if (pending.TakeCharges() is { } charges)
+        {
+            _engine.Decisions.Refund(charges);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+        _engine.Forget(this);
+        await _lifetime.CancelAsync().ConfigureAwait(false);
+        foreach (var (_, pending) in _pending)
+        {
+            Fail(pending, ErrorCodes.UpstreamUnavailable, SessionMessages.SessionClosed, AuditOutcome.Cancelled);
+        }
+        Volatile.Read(ref _stream)?.Complete();
+        if (Interlocked.Exchange(ref _connection, null) is { } connection)
+        {
+            await DisposeQuietlyAsync(connection).ConfigureAwait(false);
+        }
+        _lifetime.Dispose();
+        _server.Upstream.Release();
+    }
+}

@@ -1,0 +1,320 @@
+using System.Buffers;
+using System.Collections.Concurrent;
+using System.Runtime.CompilerServices;
+using System.Security.Cryptography;
+using Microsoft.Extensions.Logging;
+using Sidecar.Audit;
+using Sidecar.Configuration;
+using Sidecar.Decisions;
+using Sidecar.JsonRpc;
+using Sidecar.Protocol;
+using Sidecar.RateLimiting;
+
+namespace Sidecar.Sessions;
+
+/// <summary>Why the engine refused a message before any session saw it; a transport maps it to its own status.</summary>
+internal enum RefusalKind : byte
+{
+    /// <summary>Malformed, invalid, or not allowed here (HTTP 400).</summary>
+    Invalid,
+
+    /// <summary>Over <c>limits.maxMessageBytes</c> (HTTP 413).</summary>
+    TooLarge,
+}
+
+/// <summary>A message refused as a whole: the JSON-RPC error to answer with, and the request's id when it had one.</summary>
+internal readonly record struct Refusal(RefusalKind Kind, int Code, string Message, byte[]? RawId = null);
+
+/// <summary>The result of opening a session.</summary>
+internal enum SessionOpen : byte { Opened, GatewayFull, ServerFull }
+
+/// <summary>
+/// The transport-neutral session engine: the live <see cref="GatewaySnapshot"/>, the agent sessions, and every rule
+/// about which messages a session takes (scan refusals, batches, notifications). Agent transports (Streamable HTTP,
+/// legacy SSE, stateless HTTP in the daemon; stdio in <c>sidecar wrap</c>) are thin adapters: they find or open a
+/// session, hand it the body through <see cref="ReceiveAsync"/>, and write what arrives in the sink.
+/// </summary>
+internal sealed partial class SessionEngine : IAsyncDisposable
+{
+    private static readonly TimeSpan HeartbeatPeriod = TimeSpan.FromMilliseconds(250);
+    private static readonly TimeSpan SweepPeriod = TimeSpan.FromSeconds(10);
+
+    private readonly ConcurrentDictionary<string, McpSession> _sessions = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, StrongBox<int>> _perServer = new(StringComparer.Ordinal);
+    private readonly Timer _heartbeat;
+    private volatile GatewaySnapshot _snapshot;
+    private int _sessionCount;
+    private long _lastSweep = Environment.TickCount64;
+    private long _shedReported;
+
+    public SessionEngine(GatewaySnapshot snapshot, AuditRecorder audit, RateLimitStore store, ILoggerFactory loggers)
+    {
+        _snapshot = snapshot;
+        Audit = audit;
+        Store = store;
+        Decisions = new DecisionEngine(store);
+        Log = new SessionLog(loggers.CreateLogger("Sidecar.Sessions"));
+        Calls = new ToolCalls(Decisions, audit, Log);
+        InFlight = new InFlightGate(snapshot.Options.Limits.MaxInFlight);
+        foreach (var server in snapshot.Servers.Values)
+        {
+            Log.ServerReady(server.Name, server.Config.TransportName, server.Config.PolicyPath ?? "(none: everything denied)");
+        }
+        _heartbeat = new Timer(static state => ((SessionEngine)state!).Heartbeat(), this, HeartbeatPeriod, HeartbeatPeriod);
+    }
+
+    /// <summary>The live snapshot. A request reads it once and keeps it; <see cref="Apply"/> replaces it whole.</summary>
+    public GatewaySnapshot Current => _snapshot;
+
+    public AuditRecorder Audit { get; }
+    public RateLimitStore Store { get; }
+    public DecisionEngine Decisions { get; }
+    public ToolCalls Calls { get; }
+    internal SessionLog Log { get; }
+
+    /// <summary>The cap on agent requests in flight (<c>limits.maxInFlight</c>).</summary>
+    public InFlightGate InFlight { get; }
+
+    public int SessionCount => Volatile.Read(ref _sessionCount);
+
+    public int SessionCountOf(string server) => _perServer.TryGetValue(server, out var count) ? Volatile.Read(ref count.Value) : 0;
+
+    // ---- Sessions --------------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Opens a session on <paramref name="server"/> unless the gateway holds <c>limits.maxSessions</c> or the server its
+    /// <c>limits.maxSessionsPerServer</c> (the caller answers 503 with <c>Retry-After</c>; existing sessions are untouched).
+    /// </summary>
+    public SessionOpen TryOpen(GatewaySnapshot snapshot, ServerState server, SessionTransport transport, out McpSession? session)
+    {
+        session = null;
+        var max = snapshot.Options.Limits.MaxSessions;
+        if (Interlocked.Increment(ref _sessionCount) > max)
+        {
+            Interlocked.Decrement(ref _sessionCount);
+            Log.SessionsFull(server.Name, SessionCount, $"limits.maxSessions is {max}");
+            return SessionOpen.GatewayFull;
+        }
+        var perServer = _perServer.GetOrAdd(server.Name, static _ => new StrongBox<int>());
+        if (Interlocked.Increment(ref perServer.Value) > server.MaxSessions)
+        {
+            Interlocked.Decrement(ref perServer.Value);
+            Interlocked.Decrement(ref _sessionCount);
+            Log.SessionsFull(server.Name, SessionCountOf(server.Name), $"limits.maxSessionsPerServer is {server.MaxSessions} for this server");
+            return SessionOpen.ServerFull;
+        }
+        session = new McpSession(NewSessionId(), this, server, transport);
+        _sessions[session.Id] = session;
+        return SessionOpen.Opened;
+    }
+
+    /// <summary>The open session <paramref name="id"/> of <paramref name="server"/> reached over <paramref name="transport"/>; null otherwise.</summary>
+    public McpSession? Find(string server, string id, SessionTransport transport)
+        => _sessions.TryGetValue(id, out var session) && session.ServerName == server && session.Transport == transport && !session.IsDisposed
+            ? session
+            : null;
+
+    /// <summary>Called once by a session as it closes.</summary>
+    internal void Forget(McpSession session)
+    {
+        if (_sessions.TryRemove(new KeyValuePair<string, McpSession>(session.Id, session)))
+        {
+            Interlocked.Decrement(ref _sessionCount);
+            if (_perServer.TryGetValue(session.ServerName, out var count))
+            {
+                Interlocked.Decrement(ref count.Value);
+            }
+        }
+    }
+
+    /// <summary>128 random bits, hex: unguessable, and safe in headers and URLs.</summary>
+    private static string NewSessionId() => Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16));
+
+    // ---- Messages --------------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Scans a body and refuses what must go no further: anything the scanner rejects (a request with invalid params
+    /// is let through, to be answered in its session with its id) and a <c>tools/call</c> sent as a notification (a
+    /// call without an id can't be answered and must never run).
+    /// </summary>
+    public static Refusal? Check(ReadOnlySequence<byte> body, GatewayOptions options, out JsonRpcScan scan)
+    {
+        var status = JsonRpcScanner.Scan(body, out scan, options.Scanner);
+        if (status != ScanStatus.Ok && !(status == ScanStatus.InvalidParams && scan.Kind == JsonRpcMessageKind.Request))
+        {
+            return new Refusal(status == ScanStatus.TooLarge ? RefusalKind.TooLarge : RefusalKind.Invalid, ScanErrorCode(status), ScanErrorMessage(scan));
+        }
+        if (IsCallNotification(scan))
+        {
+            return new Refusal(RefusalKind.Invalid, ErrorCodes.InvalidRequest, SessionMessages.CallAsNotification);
+        }
+        return null;
+    }
+
+    private static bool IsCallNotification(in JsonRpcScan scan) => scan.Kind == JsonRpcMessageKind.Notification && scan.Method == McpMethod.ToolsCall;
+
+    /// <summary>
+    /// Hands one checked body (<see cref="Check"/>) to <paramref name="session"/> under <paramref name="snapshot"/>:
+    /// a single message, or a batch element by element (only in a session that negotiated 2025-03-26; later versions
+    /// removed batches and get a refusal). Returns how many responses will be written to <paramref name="sink"/>.
+    /// </summary>
+    public async ValueTask<(int Expected, Refusal? Refused)> ReceiveAsync(GatewaySnapshot snapshot, McpSession session, ReadOnlySequence<byte> body,
+        JsonRpcScan scan, MessageSink sink, CancellationToken cancellationToken)
+    {
+        if (scan.Kind != JsonRpcMessageKind.Batch)
+        {
+            return (await session.ProcessAsync(snapshot, body, scan, sink, cancellationToken).ConfigureAwait(false) ? 1 : 0, null);
+        }
+        if (!McpProtocol.AllowsBatches(session.ProtocolVersion))
+        {
+            return (0, new Refusal(RefusalKind.Invalid, ErrorCodes.InvalidRequest, SessionMessages.BatchNotAllowed(session.ProtocolVersion)));
+        }
+        var expected = 0;
+        foreach (var range in BatchRanges(body))
+        {
+            var element = body.Slice(range.Start, range.Length);
+            expected += await ReceiveElementAsync(snapshot, session, element, sink, cancellationToken).ConfigureAwait(false) ? 1 : 0;
+        }
+        return (expected, null);
+    }
+
+    /// <summary>The element ranges of a scanned batch (collected first: the enumerator can't live across awaits).</summary>
+    private static List<TokenRange> BatchRanges(ReadOnlySequence<byte> body)
+    {
+        var ranges = new List<TokenRange>();
+        foreach (var range in JsonRpcScanner.EnumerateBatch(body))
+        {
+            ranges.Add(range);
+        }
+        return ranges;
+    }
+
+    private async ValueTask<bool> ReceiveElementAsync(GatewaySnapshot snapshot, McpSession session, ReadOnlySequence<byte> element, MessageSink sink,
+        CancellationToken cancellationToken)
+    {
+        var status = JsonRpcScanner.Scan(element, out var scan, snapshot.Options.Scanner);
+        if (status != ScanStatus.Ok && !(status == ScanStatus.InvalidParams && scan.Kind == JsonRpcMessageKind.Request))
+        {
+            var rawId = scan.IdKind is JsonRpcIdKind.String or JsonRpcIdKind.Number ? element.Slice(scan.Id.Start, scan.Id.Length).ToArray() : null;
+            sink.TryWrite(JsonRpcResponses.Error(rawId, ScanErrorCode(status), ScanErrorMessage(scan)), true);
+            return true;
+        }
+        if (scan.Kind == JsonRpcMessageKind.Request && scan.Method == McpMethod.Initialize)
+        {
+            sink.TryWrite(JsonRpcResponses.Error(element.Slice(scan.Id.Start, scan.Id.Length).ToArray(), ErrorCodes.InvalidRequest, SessionMessages.InitializeInBatch), true);
+            return true;
+        }
+        if (IsCallNotification(scan))
+        {
+            Log.CallAsNotification(session.ServerName);
+            return false;
+        }
+        return await session.ProcessAsync(snapshot, element, scan, sink, cancellationToken).ConfigureAwait(false);
+    }
+
+    private static int ScanErrorCode(ScanStatus status) => status switch
+    {
+        ScanStatus.ParseError or ScanStatus.InvalidUtf8 => ErrorCodes.ParseError,
+        ScanStatus.InvalidParams => ErrorCodes.InvalidParams,
+        _ => ErrorCodes.InvalidRequest,
+    };
+
+    private static string ScanErrorMessage(in JsonRpcScan scan) => scan.Status switch
+    {
+        ScanStatus.ParseError or ScanStatus.InvalidUtf8 => "Parse error: " + scan.Error,
+        ScanStatus.InvalidParams => "Invalid params: " + scan.Error,
+        _ => "Invalid Request: " + scan.Error,
+    };
+
+    // ---- Heartbeat ------------------------------------------------------------------------------------------------
+
+    private void Heartbeat()
+    {
+        try
+        {
+            var now = Environment.TickCount64;
+            var sweep = now - _lastSweep >= (long)SweepPeriod.TotalMilliseconds;
+            var idleTimeout = _snapshot.Options.Limits.SessionIdleTimeout;
+            foreach (var (_, session) in _sessions)
+            {
+                session.ExpireOverdue(now);
+                if (sweep && session.Transport == SessionTransport.StreamableHttp && session.IsIdle(idleTimeout))
+                {
+                    Log.IdleSession(session.Id, session.ServerName);
+                    _ = session.DisposeAsync().AsTask();
+                }
+            }
+            if (sweep)
+            {
+                _lastSweep = now;
+                Store.Sweep();
+            }
+            var shed = InFlight.Shed;
+            if (shed != _shedReported)
+            {
+                Log.Shed(shed - _shedReported, shed, InFlight.Count, InFlight.Capacity);
+                _shedReported = shed;
+            }
+        }
+        catch (Exception ex)
+        {
+            Log.HeartbeatFailed(ex);
+        }
+    }
+
+    // ---- Snapshots -------------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Publishes <paramref name="next"/> (built and validated whole by <see cref="SnapshotBuilder"/>) with one swap.
+    /// Requests already running keep the snapshot they read; sessions of servers <paramref name="next"/> no longer has
+    /// are closed; connectors <paramref name="next"/> does not reuse are retired (closed once their sessions are).
+    /// </summary>
+    public void Apply(GatewaySnapshot next)
+    {
+        var previous = Interlocked.Exchange(ref _snapshot, next);
+        InFlight.Capacity = next.Options.Limits.MaxInFlight;
+        foreach (var (name, server) in previous.Servers)
+        {
+            var kept = next.Find(name);
+            if (kept is null || !ReferenceEquals(kept.Upstream, server.Upstream))
+            {
+                server.Upstream.Retire();
+            }
+            if (kept is null)
+            {
+                var closing = 0;
+                foreach (var (_, session) in _sessions)
+                {
+                    if (session.ServerName == name)
+                    {
+                        closing++;
+                        _ = session.DisposeAsync().AsTask();
+                    }
+                }
+                Log.ServerRemoved(name, closing);
+            }
+        }
+        foreach (var (name, server) in next.Servers)
+        {
+            if (!previous.Servers.ContainsKey(name))
+            {
+                Log.ServerReady(name, server.Config.TransportName, server.Config.PolicyPath ?? "(none: everything denied)");
+            }
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _heartbeat.DisposeAsync().ConfigureAwait(false);
+        var closing = new List<Task>();
+        foreach (var (_, session) in _sessions)
+        {
+            closing.Add(session.DisposeAsync().AsTask());
+        }
+        await Task.WhenAll(closing).ConfigureAwait(false);
+        foreach (var server in _snapshot.Servers.Values)
+        {
+            server.Upstream.Retire();
+        }
+    }
+}

@@ -1,0 +1,45 @@
+namespace Sidecar.Sessions;
+
+/// <summary>
+/// Every message text the session engine answers agents with, in one place (like the scanner's <c>Errors</c>). The
+/// JSON around them is built by <see cref="JsonRpcResponses"/>.
+/// </summary>
+internal static class SessionMessages
+{
+    public const string UnsupportedId = "Invalid Request: unsupported id";
+    public const string AlreadyInitialized = "Invalid Request: this session is already initialized";
+    public const string DiscoverInSession = "Method not found: server/discover (this session uses initialize)";
+    public const string DuplicateId = "Invalid Request: a request with this id is already in flight";
+    public const string SessionClosed = "The session was closed";
+    public const string UncheckableToolList = "Internal error: the upstream tools/list response could not be checked";
+    public const string InitializeInBatch = "Invalid Request: initialize cannot be part of a batch";
+    public const string CallAsNotification = "Invalid Request: tools/call must be a request with an id, not a notification";
+    public const string InitializeWithSession = "Invalid Request: initialize starts a new session and must not carry Mcp-Session-Id";
+    public const string TooManySessions = "Service Unavailable: too many sessions";
+    public const string UnknownSession = "Not Found: unknown or expired session";
+
+    /// <summary>The reason a <c>notifications/cancelled</c> gives the upstream when the agent went away.</summary>
+    public const string CancelledClientGone = "the client disconnected";
+
+    /// <summary>The reason a <c>notifications/cancelled</c> gives the upstream when its answer was overdue.</summary>
+    public const string CancelledTimeout = "timed out at the gateway";
+
+    public static string InvalidParams(string? error) => "Invalid params: " + error;
+
+    public static string BatchNotAllowed(string? version) =>
+        $"Invalid Request: JSON-RPC batches are not part of MCP {version ?? "before initialize"} (only 2025-03-26 has them); send one message per request";
+
+    public static string ServerRemoved(string server) => $"Upstream server \"{server}\" was removed from the config";
+
+    public static string Unavailable(string server, string error) => $"Upstream server \"{server}\" is unavailable: {error}";
+
+    public static string Timeout(string server, double seconds) => $"Upstream server \"{server}\" did not answer within {seconds:0.###} s";
+
+    public static string WentAway(string server, string reason) => $"Upstream server \"{server}\" went away: {reason}";
+
+    public static string Failed(string server, string error) => $"Upstream server \"{server}\" failed: {error}";
+
+    public static string SessionsFull(string scope, int max) => $"Service Unavailable: too many sessions ({max} open, {scope}); retry later";
+
+    public static string UnknownServer(string? name) => $"Not Found: no server named \"{name}\"";
+}

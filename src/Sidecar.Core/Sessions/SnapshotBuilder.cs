@@ -1,0 +1,86 @@
+using System.Collections.Frozen;
+using System.Text;
+using Microsoft.Extensions.Logging;
+using Sidecar.Configuration;
+using Sidecar.Policy;
+using Sidecar.Upstreams;
+
+namespace Sidecar.Sessions;
+
+/// <summary>
+/// Builds a whole <see cref="GatewaySnapshot"/> from a config: every policy it names is read and compiled, and every
+/// error of every file is collected, before anything is built. Nothing half-valid is ever returned. Connectors of
+/// servers whose definition did not change are taken over from the previous snapshot.
+/// </summary>
+internal static class SnapshotBuilder
+{
+    /// <summary>Loads the config file and builds from it; null with every error (file, line, path) in <paramref name="errors"/>.</summary>
+    public static GatewaySnapshot? Load(string configPath, GatewaySnapshot? previous, ILoggerFactory loggers, out IReadOnlyList<Diagnostic> errors)
+    {
+        SidecarConfig config;
+        try
+        {
+            config = SidecarConfigReader.LoadFile(configPath);
+        }
+        catch (ConfigValidationException ex)
+        {
+            errors = ex.Diagnostics;
+            return null;
+        }
+        return Build(config, previous, loggers, out errors);
+    }
+
+    /// <summary>Compiles every policy of <paramref name="config"/>; null with every error in <paramref name="errors"/>.</summary>
+    public static GatewaySnapshot? Build(SidecarConfig config, GatewaySnapshot? previous, ILoggerFactory loggers, out IReadOnlyList<Diagnostic> errors)
+    {
+        var problems = new List<Diagnostic>();
+        var policies = new Dictionary<string, PolicyModel>(StringComparer.Ordinal);
+        foreach (var server in config.Servers)
+        {
+            try
+            {
+                policies[server.Name] = LoadPolicy(server);
+            }
+            catch (ConfigValidationException ex)
+            {
+                problems.AddRange(ex.Diagnostics);
+            }
+        }
+        if (previous is not null && previous.Config.Listen != config.Listen)
+        {
+            problems.Add(new Diagnostic(config.File, "$.listen", default,
+                $"\"listen\" changed from {previous.Config.Listen} to {config.Listen}: a new address needs a restart"));
+        }
+        errors = problems;
+        if (problems.Count > 0)
+        {
+            return null;
+        }
+
+        var servers = new Dictionary<string, ServerState>(StringComparer.Ordinal);
+        foreach (var server in config.Servers)
+        {
+            var old = previous?.Find(server.Name);
+            var upstream = old is not null && old.Config.SameUpstream(server) && previous!.Config.Limits == config.Limits
+                ? old.Upstream
+                : new UpstreamHandle(UpstreamConnectors.Create(server, config.Limits, loggers));
+            servers[server.Name] = new ServerState(server, policies[server.Name], upstream, config.Limits.SessionsPerServer(server.Transport));
+        }
+        return new GatewaySnapshot(config, servers.ToFrozenDictionary(StringComparer.Ordinal), (previous?.Version ?? 0) + 1);
+    }
+
+    /// <summary>
+    /// Loads the server's policy (its counters named after the server, so they survive a reload); a server with no
+    /// policy at all gets one that denies everything (fail closed).
+    /// </summary>
+    public static PolicyModel LoadPolicy(ServerConfig server)
+    {
+        if (server.PolicyPath is null)
+        {
+            var diagnostics = new DiagnosticBag();
+            var json = $$"""{ "version": "1", "default": "deny", "description": "no policy configured for server {{server.Name}}: everything is denied" }""";
+            return PolicyCompiler.Load(Encoding.UTF8.GetBytes(json), server.Name, diagnostics)!;
+        }
+        return PolicyCompiler.LoadFile(server.PolicyPath, server.Name);
+    }
+}

@@ -7,6 +7,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Sidecar.Configuration;
+using Sidecar.Logging;
 using ZLogger;
 
 namespace Sidecar.Gateway;
@@ -63,7 +64,7 @@ internal static class GatewayHost
             builder.Logging.AddZLoggerConsole(options =>
             {
                 options.LogToStandardErrorThreshold = LogLevel.Trace;
-                options.UsePlainTextFormatter(formatter => formatter.SetPrefixFormatter($"{0:yyyy-MM-ddTHH:mm:ss.fffZ} {1:short} {2}: ",
+                options.UseSafePlainTextFormatter(formatter => formatter.SetPrefixFormatter($"{0:yyyy-MM-ddTHH:mm:ss.fffZ} {1:short} {2}: ",
                     (in MessageTemplate template, in LogInfo info) => template.Format(info.Timestamp.Utc, info.LogLevel, info.Category)));
             });
         }

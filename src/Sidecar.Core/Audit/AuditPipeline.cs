@@ -39,6 +39,7 @@ public sealed class AuditPipeline : IAsyncDisposable
     private readonly Utf8JsonWriter _json;
     private readonly List<(string Sink, string Events, string Error)> _failedBatches = [];
     private readonly AuditWriterSignal _signal = new();
+    private readonly System.Collections.Concurrent.ConcurrentQueue<AuditNotice> _notices = new();
     private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly bool _beforeAnswer;
     private volatile bool _stopping;
@@ -124,6 +125,7 @@ public sealed class AuditPipeline : IAsyncDisposable
             WriteLifecycle("audit_start");
             while (!_stopping)
             {
+                WriteNotices();
                 var drained = Drain();
                 Ship();
                 if (drained >= _config.BatchEvents || (_beforeAnswer && drained > 0))
@@ -131,7 +133,7 @@ public sealed class AuditPipeline : IAsyncDisposable
                     continue; // a full batch (more is waiting), or answers are waiting: go on at once
                 }
                 _signal.PrepareWait();
-                if (_stopping || (_queue.TryPeek(out _) && (_beforeAnswer || _queue.Count >= _config.BatchEvents)))
+                if (_stopping || !_notices.IsEmpty || (_queue.TryPeek(out _) && (_beforeAnswer || _queue.Count >= _config.BatchEvents)))
                 {
                     _signal.CancelWait();
                     continue;
@@ -147,6 +149,30 @@ public sealed class AuditPipeline : IAsyncDisposable
         finally
         {
             _stopped.TrySetResult();
+        }
+    }
+
+    /// <summary>
+    /// Queues an event that is not a call (a config reload, say): written by the writer in its next pass, in the same
+    /// chain. Rare by nature, so it may allocate; the call path never uses it.
+    /// </summary>
+    public void Notify(AuditNotice notice)
+    {
+        if (Volatile.Read(ref _disposed) != 0)
+        {
+            return;
+        }
+        _notices.Enqueue(notice);
+        _signal.WakeAlways();
+    }
+
+    private void WriteNotices()
+    {
+        while (_notices.TryDequeue(out var notice))
+        {
+            BeginEvent(notice.Type, DateTime.UtcNow);
+            notice.Write(_json);
+            EndEvent();
         }
     }
 
@@ -568,6 +594,7 @@ public sealed class AuditPipeline : IAsyncDisposable
         {
             await _stopped.Task.ConfigureAwait(false);
         }
+        WriteNotices();
         while (Drain() > 0)
         {
             Ship();

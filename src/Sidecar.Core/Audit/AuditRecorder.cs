@@ -78,6 +78,9 @@ public sealed class AuditRecorder
     /// <summary>The writer that takes this recorder's records (set by <see cref="AuditPipeline"/>).</summary>
     internal AuditPipeline? Writer { get; set; }
 
+    /// <summary>Records an event that is not a call (<see cref="AuditPipeline.Notify"/>); nothing when audit is off.</summary>
+    public void Notify(AuditNotice notice) => Writer?.Notify(notice);
+
     /// <summary>
     /// Completes once the record behind <paramref name="ticket"/> has been written by every sink; at once for 0 (no
     /// ticket: <c>batched</c>, audit off, or nothing recorded). The answer of a call waits for this under

@@ -189,10 +189,10 @@ public sealed class DecisionEngine(RateLimitStore store)
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static BucketKey KeyFor(string space, CounterModel counter, in CallContext context) => counter.Scope switch
     {
-        LimitScope.Grant => new BucketKey(space, counter.Name, (byte)LimitScope.Grant, context.Identity ?? "", context.Grant ?? ""),
-        LimitScope.Identity => new BucketKey(space, counter.Name, (byte)LimitScope.Identity, context.Identity ?? "", null),
-        LimitScope.Session => new BucketKey(space, counter.Name, (byte)LimitScope.Session, context.Session ?? "", null),
-        _ => new BucketKey(space, counter.Name, (byte)LimitScope.Global, null, null),
+        LimitScope.Grant => new BucketKey(space, counter.BucketName, (byte)LimitScope.Grant, context.Identity ?? "", context.Grant ?? ""),
+        LimitScope.Identity => new BucketKey(space, counter.BucketName, (byte)LimitScope.Identity, context.Identity ?? "", null),
+        LimitScope.Session => new BucketKey(space, counter.BucketName, (byte)LimitScope.Session, context.Session ?? "", null),
+        _ => new BucketKey(space, counter.BucketName, (byte)LimitScope.Global, null, null),
     };
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

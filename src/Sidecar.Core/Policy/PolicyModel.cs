@@ -150,6 +150,13 @@ public sealed class CounterModel(string name, long max, long windowSeconds, Limi
     public long WindowSeconds { get; } = windowSeconds;
     public LimitScope Scope { get; } = scope;
 
+    /// <summary>
+    /// The counter's bucket name: its name and its definition. A reload that keeps a counter's definition finds its
+    /// buckets (and their state) again; one that changes the max or the window starts the counter afresh, since the
+    /// old state means something else under a new rate.
+    /// </summary>
+    public string BucketName { get; } = $"{name}/{max}/{windowSeconds}";
+
     public override string ToString() => $"{Name}: {Max} per {WindowSeconds}s ({Scope.ToString().ToLowerInvariant()})";
 }
 

@@ -39,6 +39,18 @@ internal sealed class GatewaySnapshot
     public long Version { get; }
 
     public ServerState? Find(string name) => Servers.GetValueOrDefault(name);
+
+    /// <summary>For a snapshot built and then not applied: closes the connectors it made that <paramref name="live"/> does not share.</summary>
+    public void RetireNewUpstreams(GatewaySnapshot live)
+    {
+        foreach (var (name, server) in Servers)
+        {
+            if (live.Find(name) is not { } current || !ReferenceEquals(current.Upstream, server.Upstream))
+            {
+                server.Upstream.Retire();
+            }
+        }
+    }
 }
 
 /// <summary>One upstream server in a snapshot: its definition, its compiled policy and the connector new sessions use.</summary>

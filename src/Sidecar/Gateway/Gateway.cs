@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
 using Sidecar.Audit;
@@ -14,6 +15,8 @@ namespace Sidecar.Gateway;
 internal sealed class Gateway : IAsyncDisposable
 {
     private readonly ILogger _logger;
+    private ConfigWatcher? _watcher;
+    private PosixSignalRegistration? _hangup;
     private byte[] _overloaded;
     private int _overloadedFor;
 
@@ -28,7 +31,11 @@ internal sealed class Gateway : IAsyncDisposable
         Engine = new SessionEngine(snapshot, Audit?.Recorder ?? AuditRecorder.Disabled, new RateLimitStore(), loggers);
         _overloadedFor = config.Limits.MaxInFlight;
         _overloaded = JsonRpcResponses.Overloaded(_overloadedFor);
+        Reloader = config.File is { } file ? new ConfigReloader(Path.GetFullPath(file), Engine, loggers) : null;
     }
+
+    /// <summary>Live reload of the config file and its policies; null for a config that came from no file.</summary>
+    public ConfigReloader? Reloader { get; }
 
     public SessionEngine Engine { get; }
 
@@ -59,7 +66,32 @@ internal sealed class Gateway : IAsyncDisposable
     /// Starts the audit writer (its first event is <c>audit_start</c>). Called once the listener is bound, so that a
     /// gateway that cannot listen (the port is taken) leaves no run in the trail.
     /// </summary>
-    public void Start() => Audit?.Start();
+    public void Start()
+    {
+        Audit?.Start();
+        if (Reloader is not null)
+        {
+            _watcher = new ConfigWatcher(Reloader, _logger);
+            // SIGHUP reloads (and never ends the process: its default action would, without audit_stop).
+            _hangup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, context =>
+            {
+                context.Cancel = true;
+                _ = ReloadOnSignalAsync();
+            });
+        }
+    }
+
+    private async Task ReloadOnSignalAsync()
+    {
+        try
+        {
+            await Reloader!.ReloadAsync(ReloadTrigger.Signal).ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            _logger.LogError(ex, "Reload on SIGHUP failed");
+        }
+    }
 
     /// <summary>An answer that ends a request early: HTTP status, JSON-RPC error code and message.</summary>
     public readonly record struct HttpRefusal(int Status, int Code, string Message);
@@ -85,6 +117,8 @@ internal sealed class Gateway : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        _hangup?.Dispose();
+        _watcher?.Dispose();
         await Engine.DisposeAsync().ConfigureAwait(false);
         // Last: the sessions above have recorded how their calls ended; drain, write audit_stop, flush the sinks.
         if (Audit is not null)

@@ -84,6 +84,7 @@ internal static class GatewayHost
         // would hold the thread that asked to stop, and an I/O thread must never wait for I/O.
         var lifetime = new GatewayLifetime();
         builder.Services.AddSingleton<IHostedService>(lifetime);
+        builder.Services.AddSingleton(lifetime);
         var app = builder.Build();
         var loggers = app.Services.GetRequiredService<ILoggerFactory>();
         var gateway = new Gateway(config, loggers, IPAddress.IsLoopback(address));

@@ -27,6 +27,12 @@ public sealed class SidecarHost : IAsyncDisposable
 
     public string Folder { get; }
 
+    /// <summary>The config file the gateway was started from (and reloads).</summary>
+    public string ConfigFile => Path.Combine(Folder, "sidecar.json");
+
+    /// <summary>The running gateway (its engine, its reloader).</summary>
+    internal Sidecar.Gateway.Gateway Gateway => ((GatewayLifetime)_app.Services.GetService(typeof(GatewayLifetime))!).Gateway!;
+
     /// <summary>The audit file when the config has no <c>audit</c> section.</summary>
     public string AuditFile => Path.Combine(Folder, "audit.jsonl");
 
@@ -53,8 +59,11 @@ public sealed class SidecarHost : IAsyncDisposable
             await File.WriteAllTextAsync(Path.Combine(folder, name), content);
         }
         var configPath = Path.Combine(folder, "sidecar.json");
-        await File.WriteAllTextAsync(configPath, configJson);
-        var config = SidecarConfigReader.LoadFile(configPath) with { Listen = "127.0.0.1:0" };
+        // Listening on a free port: written into the file too, so that a reload reads the address the gateway has.
+        var json = System.Text.Json.Nodes.JsonNode.Parse(configJson)!.AsObject();
+        json["listen"] = "127.0.0.1:0";
+        await File.WriteAllTextAsync(configPath, json.ToJsonString());
+        var config = SidecarConfigReader.LoadFile(configPath);
         if (ReferenceEquals(config.Audit, AuditConfig.Default))
         {
             // No "audit" section: the trail goes to this gateway's own folder, not the shared working directory.

@@ -81,6 +81,9 @@ internal sealed partial class McpSession : IAsyncDisposable
 
     private AuditRecorder Audit => _engine.Audit;
 
+    /// <summary>Requests forwarded and not yet answered.</summary>
+    public int Pending => _pending.Count;
+
     /// <summary>True when nothing is happening and the agent has not been seen for <paramref name="timeout"/>.</summary>
     public bool IsIdle(TimeSpan timeout)
         => _pending.IsEmpty && Volatile.Read(ref _stream) is null

@@ -9,6 +9,7 @@ public static class SidecarCli
     {
         var root = new RootCommand("Sidecar: an MCP policy gateway. Every tool call an agent makes passes the rules first.");
         root.Subcommands.Add(RunCommand.Create());
+        root.Subcommands.Add(WrapCommand.Create());
         root.Subcommands.Add(ValidateCommand.Create());
         root.Subcommands.Add(ExplainCommand.Create());
         root.Subcommands.Add(AuditCommand.Create());

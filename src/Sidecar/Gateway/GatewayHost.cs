@@ -61,12 +61,7 @@ internal static class GatewayHost
         builder.Logging.AddFilter("Microsoft.Extensions.Hosting", logLevel <= LogLevel.Debug ? logLevel : LogLevel.Critical);
         if (logging is null)
         {
-            builder.Logging.AddZLoggerConsole(options =>
-            {
-                options.LogToStandardErrorThreshold = LogLevel.Trace;
-                options.UseSafePlainTextFormatter(formatter => formatter.SetPrefixFormatter($"{0:yyyy-MM-ddTHH:mm:ss.fffZ} {1:short} {2}: ",
-                    (in MessageTemplate template, in LogInfo info) => template.Format(info.Timestamp.Utc, info.LogLevel, info.Category)));
-            });
+            AddStderrLogging(builder.Logging);
         }
         else
         {
@@ -104,6 +99,14 @@ internal static class GatewayHost
         app.MapGet("/readyz", new RequestDelegate(context => context.Response.WriteAsync(Readiness(gateway))));
         return app;
     }
+
+    /// <summary>Every log line on stderr (stdout is for the audit <c>stdout</c> sink and for <c>wrap</c>), control characters escaped.</summary>
+    public static void AddStderrLogging(ILoggingBuilder logging) => logging.AddZLoggerConsole(options =>
+    {
+        options.LogToStandardErrorThreshold = LogLevel.Trace;
+        options.UseSafePlainTextFormatter(formatter => formatter.SetPrefixFormatter($"{0:yyyy-MM-ddTHH:mm:ss.fffZ} {1:short} {2}: ",
+            (in MessageTemplate template, in LogInfo info) => template.Format(info.Timestamp.Utc, info.LogLevel, info.Category)));
+    });
 
     /// <summary>The body of <c>/readyz</c>: what is open and how full the queues are.</summary>
     private static string Readiness(Gateway gateway)

@@ -44,6 +44,7 @@ internal sealed partial class SessionEngine : IAsyncDisposable
     private readonly Timer _heartbeat;
     private volatile GatewaySnapshot _snapshot;
     private int _sessionCount;
+    private long _sessionsRefused;
     private long _lastSweep = Environment.TickCount64;
     private long _shedReported;
 
@@ -77,6 +78,9 @@ internal sealed partial class SessionEngine : IAsyncDisposable
 
     public int SessionCount => Volatile.Read(ref _sessionCount);
 
+    /// <summary>New sessions refused since start for <c>limits.maxSessions</c> or <c>limits.maxSessionsPerServer</c>.</summary>
+    public long SessionsRefused => Interlocked.Read(ref _sessionsRefused);
+
     public int SessionCountOf(string server) => _perServer.TryGetValue(server, out var count) ? Volatile.Read(ref count.Value) : 0;
 
     // ---- Sessions --------------------------------------------------------------------------------------------------
@@ -92,6 +96,7 @@ internal sealed partial class SessionEngine : IAsyncDisposable
         if (Interlocked.Increment(ref _sessionCount) > max)
         {
             Interlocked.Decrement(ref _sessionCount);
+            Interlocked.Increment(ref _sessionsRefused);
             Log.SessionsFull(server.Name, SessionCount, $"limits.maxSessions is {max}");
             return SessionOpen.GatewayFull;
         }
@@ -100,6 +105,7 @@ internal sealed partial class SessionEngine : IAsyncDisposable
         {
             Interlocked.Decrement(ref perServer.Value);
             Interlocked.Decrement(ref _sessionCount);
+            Interlocked.Increment(ref _sessionsRefused);
             Log.SessionsFull(server.Name, SessionCountOf(server.Name), $"limits.maxSessionsPerServer is {server.MaxSessions} for this server");
             return SessionOpen.ServerFull;
         }

@@ -44,6 +44,9 @@ internal sealed class Gateway : IAsyncDisposable
 
     public ILoggerFactory Loggers { get; }
 
+    /// <summary>The HTTP transports' own log (refused hosts, stateless mismatches).</summary>
+    public ILogger HttpLog => _logger;
+
     /// <summary>On loopback only loopback <c>Host</c> names are accepted (DNS-rebinding protection).</summary>
     public bool ListeningOnLoopback { get; }
 
@@ -91,28 +94,6 @@ internal sealed class Gateway : IAsyncDisposable
         {
             _logger.LogError(ex, "Reload on SIGHUP failed");
         }
-    }
-
-    /// <summary>An answer that ends a request early: HTTP status, JSON-RPC error code and message.</summary>
-    public readonly record struct HttpRefusal(int Status, int Code, string Message);
-
-    /// <summary>
-    /// Reads the live snapshot once for the request (it serves the whole request), checks <c>Host</c> and
-    /// <c>Origin</c> and finds the route's server. Null (and why) when the request can't go on.
-    /// </summary>
-    public ServerState? Resolve(HttpContext context, out GatewaySnapshot snapshot, out HttpRefusal refused)
-    {
-        snapshot = Engine.Current;
-        if (HttpGuards.CheckHostAndOrigin(context.Request, snapshot.Origins, ListeningOnLoopback) is { } forbidden)
-        {
-            _logger.LogWarning("Refused a request from {Remote}: {Reason}", context.Connection.RemoteIpAddress, forbidden);
-            refused = new HttpRefusal(StatusCodes.Status403Forbidden, Protocol.ErrorCodes.ServerError, forbidden);
-            return null;
-        }
-        var name = context.Request.RouteValues["name"] as string;
-        var server = name is null ? null : snapshot.Find(name);
-        refused = server is null ? new HttpRefusal(StatusCodes.Status404NotFound, Protocol.ErrorCodes.ServerError, SessionMessages.UnknownServer(name)) : default;
-        return server;
     }
 
     public async ValueTask DisposeAsync()

@@ -2,6 +2,7 @@ using System.Buffers;
 using System.IO.Pipelines;
 using System.Runtime.CompilerServices;
 using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Logging;
 using Microsoft.Net.Http.Headers;
 using Sidecar.Protocol;
 using Sidecar.Sessions;
@@ -14,6 +15,34 @@ namespace Sidecar.Gateway;
 /// </summary>
 internal static class HttpGuards
 {
+    /// <summary>An answer that ends a request early: HTTP status, JSON-RPC error code and message.</summary>
+    public readonly record struct Refusal(int Status, int Code, string Message);
+
+    /// <summary>The request's snapshot, its server, or why not (<see cref="Resolve(HttpContext, GatewaySnapshot, bool, ILogger, out GatewaySnapshot, out Refusal)"/>).</summary>
+    public static ServerState? Resolve(HttpContext context, Gateway gateway, out GatewaySnapshot snapshot, out Refusal refused)
+        => Resolve(context, gateway.Engine.Current, gateway.ListeningOnLoopback, gateway.HttpLog, out snapshot, out refused);
+
+    /// <summary>
+    /// Takes <paramref name="current"/> as the request's snapshot (it serves the whole request, whatever reloads
+    /// meanwhile), checks <c>Host</c> and <c>Origin</c> and finds the route's server. Null (and why) when the request
+    /// can't go on.
+    /// </summary>
+    public static ServerState? Resolve(HttpContext context, GatewaySnapshot current, bool listeningOnLoopback, ILogger logger,
+        out GatewaySnapshot snapshot, out Refusal refused)
+    {
+        snapshot = current;
+        if (CheckHostAndOrigin(context.Request, snapshot.Origins, listeningOnLoopback) is { } forbidden)
+        {
+            logger.LogWarning("Refused a request from {Remote}: {Reason}", context.Connection.RemoteIpAddress, forbidden);
+            refused = new Refusal(StatusCodes.Status403Forbidden, ErrorCodes.ServerError, forbidden);
+            return null;
+        }
+        var name = context.Request.RouteValues["name"] as string;
+        var server = name is null ? null : snapshot.Find(name);
+        refused = server is null ? new Refusal(StatusCodes.Status404NotFound, ErrorCodes.ServerError, SessionMessages.UnknownServer(name)) : default;
+        return server;
+    }
+
     /// <summary>Why the request's Host or Origin is not allowed (the caller answers 403), or null.</summary>
     public static string? CheckHostAndOrigin(HttpRequest request, OriginGuard guard, bool listeningOnLoopback)
     {

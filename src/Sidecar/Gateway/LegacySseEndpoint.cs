@@ -18,7 +18,7 @@ internal sealed class LegacySseEndpoint(Gateway gateway)
 
     public async Task StreamAsync(HttpContext context)
     {
-        if (gateway.Resolve(context, out var snapshot, out var refused) is not { } server)
+        if (HttpGuards.Resolve(context, gateway, out var snapshot, out var refused) is not { } server)
         {
             await WriteErrorAsync(context, refused.Status, refused.Code, refused.Message).ConfigureAwait(false);
             return;
@@ -48,7 +48,7 @@ internal sealed class LegacySseEndpoint(Gateway gateway)
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask MessageCoreAsync(HttpContext context)
     {
-        if (gateway.Resolve(context, out var snapshot, out var refused) is not { } server)
+        if (HttpGuards.Resolve(context, gateway, out var snapshot, out var refused) is not { } server)
         {
             await WriteErrorAsync(context, refused.Status, refused.Code, refused.Message).ConfigureAwait(false);
             return;

@@ -24,7 +24,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
     /// </summary>
     public Task PostAsync(HttpContext context)
     {
-        if (gateway.Resolve(context, out var snapshot, out var refused) is not { } server)
+        if (HttpGuards.Resolve(context, gateway, out var snapshot, out var refused) is not { } server)
         {
             return WriteErrorAsync(context, refused.Status, refused.Code, refused.Message);
         }
@@ -209,7 +209,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
     /// <summary>The session's standalone stream: server requests and notifications outside any POST. One at a time.</summary>
     public async Task GetAsync(HttpContext context)
     {
-        if (gateway.Resolve(context, out _, out var refused) is not { } server)
+        if (HttpGuards.Resolve(context, gateway, out _, out var refused) is not { } server)
         {
             await WriteErrorAsync(context, refused.Status, refused.Code, refused.Message).ConfigureAwait(false);
             return;
@@ -244,7 +244,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
     /// <summary>Ends a session: its upstream session (a stdio process) is closed and its calls in flight are failed.</summary>
     public async Task DeleteAsync(HttpContext context)
     {
-        if (gateway.Resolve(context, out _, out var refused) is not { } server)
+        if (HttpGuards.Resolve(context, gateway, out _, out var refused) is not { } server)
         {
             await WriteErrorAsync(context, refused.Status, refused.Code, refused.Message).ConfigureAwait(false);
             return;

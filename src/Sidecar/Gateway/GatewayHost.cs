@@ -70,7 +70,9 @@ internal static class GatewayHost
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.AddServerHeader = false;
-            kestrel.Limits.MaxRequestBodySize = config.Limits.MaxMessageBytes;
+            // limits.maxMessageBytes is enforced by HttpGuards.ReadBodyAsync (a reload may change it): Kestrel's own cap
+            // is set at start and could not follow.
+            kestrel.Limits.MaxRequestBodySize = null;
             kestrel.Listen(address, port);
         });
 

@@ -126,6 +126,10 @@ internal static class HttpGuards
         {
             return new ValueTask<Body>(new Body(default, StatusCodes.Status415UnsupportedMediaType, "Unsupported Media Type: Content-Type must be application/json"));
         }
+        if (context.Request.ContentLength > maxBytes)
+        {
+            return new ValueTask<Body>(TooLarge(maxBytes)); // refused before a byte of it is read
+        }
         var reader = context.Request.BodyReader;
         try
         {

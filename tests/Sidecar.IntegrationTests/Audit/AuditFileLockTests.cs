@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json;
 using Sidecar.IntegrationTests.TestSupport;
 
@@ -54,7 +53,9 @@ public sealed class AuditFileLockTests : IDisposable
             var secondConfig = Path.Combine(secondFolder, "sidecar.json");
             var port = EverythingServer.FreeLoopbackPort();
             await File.WriteAllTextAsync(secondConfig, Config(auditFile, port));
-            var (exit, stdout, stderr) = await RunGatewayProcessAsync(secondConfig);
+            using var second = SidecarProcess.Start(secondConfig);
+            var exit = await second.WaitForExitAsync();
+            var (stdout, stderr) = (second.Stdout, second.Stderr);
 
             Assert.True(exit == 1, $"exit {exit}; stdout:\n{stdout}\nstderr:\n{stderr}");
             var line = Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
@@ -106,35 +107,5 @@ public sealed class AuditFileLockTests : IDisposable
             Assert.True(DateTime.UtcNow < deadline, "the trail never held its first records: " + text);
             await Task.Delay(20);
         }
-    }
-
-    /// <summary><c>dotnet sidecar.dll run --config CONFIG</c> until it exits (bounded, then killed and failed).</summary>
-    private static async Task<(int Exit, string Stdout, string Stderr)> RunGatewayProcessAsync(string config)
-    {
-        var start = new ProcessStartInfo("dotnet")
-        {
-            RedirectStandardError = true,
-            RedirectStandardOutput = true,
-            UseShellExecute = false,
-            WorkingDirectory = Path.GetDirectoryName(config)!,
-        };
-        start.ArgumentList.Add(typeof(Sidecar.Gateway.GatewayHost).Assembly.Location);
-        start.ArgumentList.Add("run");
-        start.ArgumentList.Add("--config");
-        start.ArgumentList.Add(config);
-        using var process = Process.Start(start)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        using var bound = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        try
-        {
-            await process.WaitForExitAsync(bound.Token);
-        }
-        catch (OperationCanceledException)
-        {
-            process.Kill(entireProcessTree: true);
-            Assert.Fail("the second gateway did not exit: it started on a locked trail? stderr:\n" + await stderr);
-        }
-        return (process.ExitCode, await stdout, await stderr);
     }
 }

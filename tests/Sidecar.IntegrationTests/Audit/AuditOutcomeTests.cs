@@ -21,8 +21,11 @@ public sealed class AuditOutcomeTests : IDisposable
     }
 
     private Task<HttpResponseMessage> PostCallAsync(SidecarHost host, string session, string rawId, string tool, CancellationToken cancellationToken = default)
+        => PostCallAsync(host.McpUrl(FaultyServer.Name), session, rawId, tool, cancellationToken);
+
+    private Task<HttpResponseMessage> PostCallAsync(Uri url, string session, string rawId, string tool, CancellationToken cancellationToken = default)
     {
-        var request = new HttpRequestMessage(HttpMethod.Post, host.McpUrl(FaultyServer.Name))
+        var request = new HttpRequestMessage(HttpMethod.Post, url)
         {
             Content = new StringContent(RawMcp.CallBody(rawId, tool), System.Text.Encoding.UTF8, "application/json"),
         };
@@ -181,6 +184,61 @@ public sealed class AuditOutcomeTests : IDisposable
         finally
         {
             await host.DisposeAsync();
+        }
+    }
+
+    /// <summary>
+    /// README: "On shutdown (SIGTERM), sessions are closed, the queue is drained, calls still in flight are written as
+    /// unknown, audit_stop is written and every sink is flushed." Here through <c>sidecar run</c> itself, signalled as
+    /// systemd and Kubernetes stop it, with a call the upstream never answers.
+    /// </summary>
+    [Fact(Skip = "bug: with a call in flight, sidecar run exits 143 two seconds after SIGTERM (System.CommandLine's ProcessTerminationTimeout) while Kestrel waits for the call: no record of it, no audit_stop")]
+    public async Task Sigterm_with_a_call_in_flight_records_the_call_and_ends_the_trail_with_audit_stop()
+    {
+        var folder = Path.Combine(Path.GetTempPath(), "sidecar-sigterm-it-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(folder);
+        try
+        {
+            var port = EverythingServer.FreeLoopbackPort();
+            var config = Path.Combine(folder, "sidecar.json");
+            await File.WriteAllTextAsync(Path.Combine(folder, "policy.json"), FaultyServer.Policy);
+            await File.WriteAllTextAsync(config, JsonSerializer.Serialize(new Dictionary<string, object>
+            {
+                ["listen"] = $"127.0.0.1:{port}",
+                ["mcpServers"] = new Dictionary<string, object> { [FaultyServer.Name] = _faulty.ServerConfig() },
+                ["policy"] = "policy.json",
+                ["limits"] = new Dictionary<string, object> { ["upstreamTimeout"] = "10m" },
+                ["audit"] = new Dictionary<string, object> { ["file"] = "audit.jsonl" },
+            }));
+            var auditFile = Path.Combine(folder, "audit.jsonl");
+            using var gateway = SidecarProcess.Start(config);
+            await gateway.WaitUntilReadyAsync(_http, port);
+            var url = new Uri($"http://127.0.0.1:{port}/servers/{FaultyServer.Name}/mcp");
+            var session = await RawMcp.OpenSessionAsync(_http, url);
+            var call = PostCallAsync(url, session, "\"t-1\"", "hang");
+            await _faulty.WaitForAsync(m => FaultyServer.IsCallOf(m, "hang") && FaultyServer.HasId(m, "\"t-1\""), "the hang call");
+
+            await gateway.TerminateAsync();
+            var exit = await gateway.WaitForExitAsync();
+            try
+            {
+                (await call).Dispose();
+            }
+            catch (HttpRequestException)
+            {
+                // what the agent got as the gateway went away is not what this test is about
+            }
+
+            var events = ReadEvents(auditFile);
+            var diagnostics = $"exit {exit}; trail:\n{string.Join('\n', events.Select(e => e.GetRawText()))}\nstderr:\n{gateway.Stderr}";
+            Assert.True(FindCall(events, "\"t-1\"") is not null, "the call in flight has no record; " + diagnostics);
+            Assert.True(events[^1].GetProperty("type").GetString() == "audit_stop", "the trail does not end with audit_stop; " + diagnostics);
+            var (code, output, error) = await GatewayAuditTests.VerifyAsync("--strict", auditFile);
+            Assert.True(code == 0, output + error);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
         }
     }
 }

@@ -1,4 +1,5 @@
-using System.Diagnostics;
+using System.Net;
+using Microsoft.Extensions.Logging.Abstractions;
 using ModelContextProtocol;
 using ModelContextProtocol.Client;
 using ModelContextProtocol.Protocol;
@@ -163,14 +164,65 @@ public sealed class GatewayClientTests(GatewayFixture fixture) : IClassFixture<G
     [Fact]
     public async Task Dual_era_client_falls_back_to_initialize_at_once()
     {
-        // The official client probes server/discover (2026-07-28) first; Sidecar must answer so it falls back at once,
-        // not after the 5 s probe timeout.
-        var watch = Stopwatch.StartNew();
-        await using var client = await fixture.ConnectAsync("http", HttpTransportMode.AutoDetect, cancellationToken: Timeout());
-        watch.Stop();
+        // The official client probes server/discover (2026-07-28) first; Sidecar must answer the probe so the client
+        // falls back on that answer, not after its probe timeout. With the probe timeout off, nothing else can make
+        // it fall back: without Sidecar's answer, connecting would wait out Timeout() and fail.
+        var exchanges = new List<(string? Method, string? Version, HttpStatusCode Status)>();
+        using var http = new HttpClient(new RecordingHandler(exchanges));
+        var transport = new HttpClientTransport(
+            new HttpClientTransportOptions { Endpoint = fixture.Sidecar.McpUrl("http"), TransportMode = HttpTransportMode.AutoDetect, Name = "sidecar-it" },
+            http, NullLoggerFactory.Instance, ownsHttpClient: false);
+        var options = new McpClientOptions
+        {
+            DiscoverProbeTimeout = System.Threading.Timeout.InfiniteTimeSpan,
+            ClientInfo = new Implementation { Name = "sidecar-integration-tests", Version = "1.0" },
+        };
+        await using var client = await McpClient.CreateAsync(transport, options, NullLoggerFactory.Instance, Timeout());
         Assert.NotNull(client.NegotiatedProtocolVersion);
         Assert.NotEqual("2026-07-28", client.NegotiatedProtocolVersion);
-        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(3), $"connecting took {watch.Elapsed}");
+
+        List<(string? Method, string? Version, HttpStatusCode Status)> seen;
+        lock (exchanges)
+        {
+            seen = [.. exchanges];
+        }
+        var trace = string.Join("; ", seen.Select(e => $"{e.Method} {e.Version} {(int)e.Status}"));
+        var probe = seen.FindIndex(e => e.Method == "server/discover");
+        Assert.True(probe >= 0, "the client never probed: " + trace);
+        Assert.Equal("2026-07-28", seen[probe].Version);
+        Assert.True(seen[probe].Status == HttpStatusCode.BadRequest, trace);
+        Assert.True(seen.FindIndex(e => e.Method == "initialize") > probe, "no initialize after the answered probe: " + trace);
+    }
+
+    /// <summary>Records each POST's JSON-RPC method, MCP-Protocol-Version and HTTP status, in the order they were answered.</summary>
+    private sealed class RecordingHandler(List<(string? Method, string? Version, HttpStatusCode Status)> exchanges) : DelegatingHandler(new HttpClientHandler())
+    {
+        protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            string? method = null;
+            if (request.Method == HttpMethod.Post && request.Content is { } content)
+            {
+                await content.LoadIntoBufferAsync(cancellationToken);
+                try
+                {
+                    using var body = System.Text.Json.JsonDocument.Parse(await content.ReadAsStringAsync(cancellationToken));
+                    method = body.RootElement.TryGetProperty("method", out var m) ? m.GetString() : null;
+                }
+                catch (System.Text.Json.JsonException)
+                {
+                }
+            }
+            var version = request.Headers.TryGetValues("MCP-Protocol-Version", out var values) ? values.FirstOrDefault() : null;
+            var response = await base.SendAsync(request, cancellationToken);
+            if (request.Method == HttpMethod.Post)
+            {
+                lock (exchanges)
+                {
+                    exchanges.Add((method, version, response.StatusCode));
+                }
+            }
+            return response;
+        }
     }
 
     private sealed class SynchronousProgress(List<ProgressNotificationValue> sink) : IProgress<ProgressNotificationValue>

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Http.Headers;
 using System.Text;
+using System.Text.Json;
 
 namespace Sidecar.IntegrationTests.TestSupport;
 
@@ -26,6 +27,28 @@ public static class RawMcp
         }
         configure?.Invoke(request);
         return await http.SendAsync(request);
+    }
+
+    /// <summary>A <c>tools/call</c> body; <paramref name="rawId"/> is the id's JSON (<c>7</c>, <c>"a-7"</c>).</summary>
+    public static string CallBody(string rawId, string tool, string arguments = "{}")
+        => "{\"jsonrpc\":\"2.0\",\"id\":" + rawId + ",\"method\":\"tools/call\",\"params\":{\"name\":\"" + tool + "\",\"arguments\":" + arguments + "}}";
+
+    /// <summary>
+    /// The answer in a response: its JSON body, or the first message with an id among the data of its SSE events
+    /// (progress and other notifications on the stream are skipped).
+    /// </summary>
+    public static async Task<JsonElement> AnswerAsync(HttpResponseMessage response)
+    {
+        var text = await response.Content.ReadAsStringAsync();
+        foreach (var line in text.Split('\n'))
+        {
+            var json = line.StartsWith("data: ", StringComparison.Ordinal) ? line[6..] : line;
+            if (json.StartsWith('{') && JsonDocument.Parse(json).RootElement is { } message && message.TryGetProperty("id", out _))
+            {
+                return message.Clone();
+            }
+        }
+        throw new InvalidOperationException($"no answer in the response (HTTP {(int)response.StatusCode}): {text}");
     }
 
     /// <summary>initialize, then notifications/initialized: an open session, whose id is returned.</summary>

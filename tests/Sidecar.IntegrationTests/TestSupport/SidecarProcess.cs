@@ -5,62 +5,70 @@ using System.Text;
 namespace Sidecar.IntegrationTests.TestSupport;
 
 /// <summary>
-/// The gateway as its own process (<c>dotnet sidecar.dll run --config …</c>), for what an in-process host can't show:
-/// signals (SIGHUP, SIGTERM, SIGKILL), exit codes, stderr. Killed with its children on dispose.
+/// <c>sidecar run --config CONFIG</c> as its own process (<c>dotnet sidecar.dll</c>), as an operator starts it: for
+/// what only a process shows (its exit code and standard error, a signal). Killed on dispose if still running.
 /// </summary>
 public sealed class SidecarProcess : IDisposable
 {
-    private readonly StringBuilder _log = new();
+    private readonly StringBuilder _stdout = new();
+    private readonly StringBuilder _stderr = new();
 
     private SidecarProcess(Process process)
     {
         Process = process;
-        process.ErrorDataReceived += (_, e) => Append(e.Data);
-        process.OutputDataReceived += (_, e) => Append(e.Data);
-        process.BeginErrorReadLine();
+        process.OutputDataReceived += (_, e) => Append(_stdout, e.Data);
+        process.ErrorDataReceived += (_, e) => Append(_stderr, e.Data);
         process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
     }
 
     public Process Process { get; }
 
-    /// <summary>Everything it printed (stdout and stderr) so far.</summary>
-    public string Log
+    public string Stdout => Read(_stdout);
+
+    public string Stderr => Read(_stderr);
+
+    /// <summary>Everything it printed, stderr then stdout, for a failing test's message.</summary>
+    public string Log => Stderr + Stdout;
+
+    /// <summary>Starts it and returns once <c>/readyz</c> on <paramref name="port"/> answers.</summary>
+    public static async Task<SidecarProcess> StartAsync(HttpClient http, string config, int port)
     {
-        get
-        {
-            lock (_log)
-            {
-                return _log.ToString();
-            }
-        }
+        var gateway = Start(config);
+        await gateway.WaitUntilReadyAsync(http, port);
+        return gateway;
     }
 
-    /// <summary>Starts it and returns once <c>/readyz</c> on <paramref name="port"/> answers (at most 60 s).</summary>
-    public static async Task<SidecarProcess> StartAsync(HttpClient http, string configPath, int port)
+    public static SidecarProcess Start(string config)
     {
         var start = new ProcessStartInfo("dotnet")
         {
             RedirectStandardError = true,
             RedirectStandardOutput = true,
             UseShellExecute = false,
-            WorkingDirectory = Path.GetDirectoryName(configPath)!,
+            WorkingDirectory = Path.GetDirectoryName(config)!,
         };
         start.ArgumentList.Add(typeof(Sidecar.Gateway.GatewayHost).Assembly.Location);
         start.ArgumentList.Add("run");
         start.ArgumentList.Add("--config");
-        start.ArgumentList.Add(configPath);
-        var gateway = new SidecarProcess(Process.Start(start)!);
-        var ready = Stopwatch.StartNew();
+        start.ArgumentList.Add(config);
+        return new SidecarProcess(Process.Start(start)!);
+    }
+
+    /// <summary>Waits until <c>/readyz</c> on <paramref name="port"/> answers; fails if the process exits or after 60 s.</summary>
+    public async Task WaitUntilReadyAsync(HttpClient http, int port)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(60);
         while (true)
         {
-            Assert.False(gateway.Process.HasExited, "the gateway exited: " + gateway.Log);
-            Assert.True(ready.Elapsed < TimeSpan.FromSeconds(60), "the gateway did not get ready: " + gateway.Log);
+            Assert.False(Process.HasExited, "the gateway exited: " + Stderr);
+            Assert.True(DateTime.UtcNow < deadline, "the gateway did not get ready: " + Stderr);
             try
             {
                 using var response = await http.GetAsync(new Uri($"http://127.0.0.1:{port}/readyz"));
                 if (response.IsSuccessStatusCode)
                 {
-                    return gateway;
+                    return;
                 }
             }
             catch (HttpRequestException)
@@ -79,15 +87,47 @@ public sealed class SidecarProcess : IDisposable
         Assert.Equal(0, kill.ExitCode);
     }
 
-    private void Append(string? line)
+    /// <summary>Sends SIGTERM, as systemd and Kubernetes stop a service.</summary>
+    public async Task TerminateAsync()
+    {
+        using var kill = Process.Start("kill", ["-TERM", Process.Id.ToString(CultureInfo.InvariantCulture)]);
+        await kill.WaitForExitAsync();
+    }
+
+    /// <summary>Waits for the process to exit (at most 60 s, then it is killed and the test fails); returns its exit code.</summary>
+    public async Task<int> WaitForExitAsync()
+    {
+        using var bound = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        try
+        {
+            await Process.WaitForExitAsync(bound.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            Process.Kill(entireProcessTree: true);
+            Assert.Fail("the gateway did not exit; stderr:\n" + Stderr);
+        }
+        Process.WaitForExit(); // the end of the redirected output
+        return Process.ExitCode;
+    }
+
+    private static void Append(StringBuilder sink, string? line)
     {
         if (line is null)
         {
             return;
         }
-        lock (_log)
+        lock (sink)
         {
-            _log.AppendLine(line);
+            sink.AppendLine(line);
+        }
+    }
+
+    private static string Read(StringBuilder sink)
+    {
+        lock (sink)
+        {
+            return sink.ToString();
         }
     }
 

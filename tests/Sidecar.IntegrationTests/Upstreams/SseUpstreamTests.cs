@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
@@ -37,10 +36,9 @@ public sealed class SseUpstreamTests(SseServerFixture fixture) : UpstreamConvers
     {
         var port = EverythingServer.FreeLoopbackPort();
         var config = Server with { Url = new Uri($"http://127.0.0.1:{port}/sse") };
-        using var connector = (SseUpstreamConnector)UpstreamConnectors.Create(config, TestLimits, Loggers);
-        var clock = Stopwatch.StartNew();
-        var ex = await Assert.ThrowsAsync<UpstreamException>(async () => await connector.ConnectAsync(CancellationToken.None));
-        Assert.True(clock.Elapsed < TestLimits.ConnectTimeout, $"took {clock.Elapsed}");
+        // A connect timeout far beyond the wait's bound: only a refusal reported as such can end the attempt in time.
+        using var connector = (SseUpstreamConnector)UpstreamConnectors.Create(config, TestLimits with { ConnectTimeout = TimeSpan.FromMinutes(10) }, Loggers);
+        var ex = await Assert.ThrowsAsync<UpstreamException>(() => connector.ConnectAsync(CancellationToken.None).AsTask().WaitAsync(TimeSpan.FromSeconds(60)));
         Assert.Contains($"cannot reach upstream 'everything' at http://127.0.0.1:{port}/sse", ex.Message);
         Assert.Contains("refused", ex.Message, StringComparison.OrdinalIgnoreCase);
     }

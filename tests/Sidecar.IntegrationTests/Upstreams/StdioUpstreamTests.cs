@@ -158,9 +158,9 @@ public sealed class StdioUpstreamTests : UpstreamConversationTests
         var pid = connection.ProcessId;
         Assert.True(IsRunning(pid));
 
-        var clock = Stopwatch.StartNew();
-        await session.DisposeAsync();
-        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(8), $"dispose took {clock.Elapsed}");
+        // Dispose returns once the process is gone (closing stdin, then killing it after the grace period): the bound
+        // only stops a hung dispose from hanging the run.
+        await session.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(60));
         Assert.False(IsRunning(pid), $"server process {pid} is still running");
         Assert.True(connection.Completion.IsCompletedSuccessfully, "a disposed connection completes without error");
     }

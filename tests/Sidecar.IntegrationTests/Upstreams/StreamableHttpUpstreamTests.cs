@@ -48,12 +48,12 @@ public sealed class StreamableHttpUpstreamTests(StreamableHttpServerFixture fixt
             Url = new Uri($"http://127.0.0.1:{port}/mcp"),
             Headers = new Dictionary<string, string> { ["Authorization"] = "Bearer tok-7d1e0a-secret" },
         };
-        using var connector = (StreamableHttpUpstreamConnector)UpstreamConnectors.Create(config, TestLimits, Loggers);
+        // A connect timeout far beyond the request's own bound (UpstreamTestClient.DefaultTimeout): only a refusal
+        // reported as such can fail the send in time.
+        using var connector = (StreamableHttpUpstreamConnector)UpstreamConnectors.Create(config, TestLimits with { ConnectTimeout = TimeSpan.FromMinutes(10) }, Loggers);
         await using var client = new UpstreamTestClient(await connector.ConnectAsync(CancellationToken.None));
 
-        var clock = Stopwatch.StartNew();
         var ex = await Assert.ThrowsAsync<UpstreamSendFailedException>(() => client.InitializeAsync());
-        Assert.True(clock.Elapsed < TestLimits.ConnectTimeout, $"took {clock.Elapsed}");
         Assert.Contains($"cannot reach upstream 'everything' at http://127.0.0.1:{port}/mcp", ex.Error);
         Assert.Contains("refused", ex.Error, StringComparison.OrdinalIgnoreCase);
         Assert.False(client.Connection.Completion.IsCompleted, "one failed send does not end the connection");

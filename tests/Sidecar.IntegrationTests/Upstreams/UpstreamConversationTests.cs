@@ -75,19 +75,30 @@ public abstract class UpstreamConversationTests
         var client = session.Client;
         await client.InitializeAsync();
 
+        // The first call is held open by the test itself: the server's sampling request waits for our answer, so the
+        // call sent first cannot finish before the ones sent after it, however fast or slow the machine is.
+        var held = client.RequestAsync("tools/call",
+            """{"name":"trigger-sampling-request","arguments":{"prompt":"hold the call","maxTokens":5}}""", TimeSpan.FromSeconds(60));
+        var sampling = await client.WaitForServerRequestAsync(r => r.Method == "sampling/createMessage");
         var slow = client.RequestAsync("tools/call",
-            """{"name":"trigger-long-running-operation","arguments":{"duration":2.1,"steps":3},"_meta":{"progressToken":"slow-op"}}""");
+            """{"name":"trigger-long-running-operation","arguments":{"duration":0.9,"steps":3},"_meta":{"progressToken":"slow-op"}}""");
         var echoes = Enumerable.Range(0, 6)
             .Select(i => client.RequestAsync("tools/call", $$$"""{"name":"echo","arguments":{"message":"concurrent-{{{i}}}"}}"""))
             .ToArray();
 
         var echoed = await Task.WhenAll(echoes);
-        Assert.False(slow.IsCompleted, "the long-running call should still be running when the echoes are done");
+        Assert.False(held.IsCompleted, "the held call finished before its sampling request was answered");
         for (var i = 0; i < echoed.Length; i++)
         {
             Assert.Contains($"Echo: concurrent-{i}", echoed[i].ToolText());
             Assert.Equal(ResponsesCarryCorrelation ? echoed[i].SentCorrelation : 0, echoed[i].Correlation);
         }
+
+        await client.RespondAsync(sampling,
+            """{"role":"assistant","content":{"type":"text","text":"released by the test"},"model":"test-model","stopReason":"endTurn"}""");
+        var released = await held;
+        Assert.Contains("released by the test", released.ToolText());
+        Assert.Equal(ResponsesCarryCorrelation ? released.SentCorrelation : 0, released.Correlation);
 
         var done = await slow;
         Assert.Contains("Long running operation completed", done.ToolText());

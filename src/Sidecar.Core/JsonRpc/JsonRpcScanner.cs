@@ -393,7 +393,12 @@ public static partial class JsonRpcScanner
 
         if (first.Status != ScanStatus.Ok)
         {
-            return Reject(ref scan, first.Status, first.Error, first.Offset);
+            // The whole batch is well-formed JSON without duplicate keys (those stop the scan at once), but an element
+            // breaks the envelope rules: rejected as a whole here; BatchLength tells a caller that can answer the
+            // elements one by one (JSON-RPC 2.0 answers each invalid element with its own error) that it may split it.
+            Reject(ref scan, first.Status, first.Error, first.Offset);
+            scan.BatchLength = batchLength;
+            return first.Status;
         }
 
         scan.Kind = JsonRpcMessageKind.Batch;

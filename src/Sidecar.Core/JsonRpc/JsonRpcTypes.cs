@@ -166,7 +166,11 @@ public struct JsonRpcScan
     /// <summary><c>params.arguments</c> raw value when it is an object, else empty.</summary>
     public TokenRange Arguments;
 
-    /// <summary>Number of elements when <see cref="Kind"/> is <see cref="JsonRpcMessageKind.Batch"/>.</summary>
+    /// <summary>
+    /// Number of elements when <see cref="Kind"/> is <see cref="JsonRpcMessageKind.Batch"/>; also set (with the first
+    /// bad element's status) for a well-formed batch whose elements break the envelope rules, which may be split
+    /// and answered element by element.
+    /// </summary>
     public int BatchLength;
 }
 #pragma warning restore CA1051

@@ -296,7 +296,14 @@ internal sealed partial class McpSession : IAsyncDisposable
         }
     }
 
-    public async ValueTask DisposeAsync()
+    /// <summary>Ends the session: the agent closed it (DELETE, its stream ended, stdin closed) or it was idle; its calls in flight are <c>cancelled</c>.</summary>
+    public ValueTask DisposeAsync() => CloseAsync(AuditOutcome.Cancelled, SessionMessages.SessionClosed);
+
+    /// <summary>
+    /// Ends the session: calls in flight are answered with -32016 and <paramref name="message"/> and recorded with
+    /// <paramref name="outcome"/>; the upstream session (a stdio process) is closed. Once; later calls do nothing.
+    /// </summary>
+    public async ValueTask CloseAsync(AuditOutcome outcome, string message)
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
         {
@@ -306,7 +313,7 @@ internal sealed partial class McpSession : IAsyncDisposable
         await _lifetime.CancelAsync().ConfigureAwait(false);
         foreach (var (_, pending) in _pending)
         {
-            Fail(pending, ErrorCodes.UpstreamUnavailable, SessionMessages.SessionClosed, AuditOutcome.Cancelled);
+            Fail(pending, ErrorCodes.UpstreamUnavailable, message, outcome);
         }
         Volatile.Read(ref _stream)?.Complete();
         if (Interlocked.Exchange(ref _connection, null) is { } connection)

@@ -44,6 +44,7 @@ internal sealed partial class SessionEngine : IAsyncDisposable
     private readonly Timer _heartbeat;
     private volatile GatewaySnapshot _snapshot;
     private int _sessionCount;
+    private bool _stopping;
     private long _sessionsRefused;
     private long _lastSweep = Environment.TickCount64;
     private long _shedReported;
@@ -92,6 +93,10 @@ internal sealed partial class SessionEngine : IAsyncDisposable
     public SessionOpen TryOpen(GatewaySnapshot snapshot, ServerState server, SessionTransport transport, out McpSession? session)
     {
         session = null;
+        if (Volatile.Read(ref _stopping))
+        {
+            return SessionOpen.GatewayFull;
+        }
         var max = snapshot.Options.Limits.MaxSessions;
         if (Interlocked.Increment(ref _sessionCount) > max)
         {
@@ -146,6 +151,12 @@ internal sealed partial class SessionEngine : IAsyncDisposable
     public static Refusal? Check(ReadOnlySequence<byte> body, GatewayOptions options, out JsonRpcScan scan)
     {
         var status = JsonRpcScanner.Scan(body, out scan, options.Scanner);
+        if (status is ScanStatus.InvalidRequest or ScanStatus.InvalidParams && scan.BatchLength > 0)
+        {
+            // A well-formed batch with bad elements: each element is answered on its own (ReceiveAsync rescans them).
+            scan.Kind = JsonRpcMessageKind.Batch;
+            return null;
+        }
         if (status != ScanStatus.Ok && !(status == ScanStatus.InvalidParams && scan.Kind == JsonRpcMessageKind.Request))
         {
             return new Refusal(status == ScanStatus.TooLarge ? RefusalKind.TooLarge : RefusalKind.Invalid, ScanErrorCode(status), ScanErrorMessage(scan));
@@ -309,13 +320,28 @@ internal sealed partial class SessionEngine : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// The gateway is stopping: new sessions are refused, and every session is closed, its calls in flight answered
+    /// with -32016 and recorded as <c>unknown</c> (whether the upstream ran them is not known). Not awaited:
+    /// <see cref="DisposeAsync"/> waits for the sessions.
+    /// </summary>
+    public void BeginShutdown()
+    {
+        Volatile.Write(ref _stopping, true);
+        foreach (var (_, session) in _sessions)
+        {
+            _ = session.CloseAsync(AuditOutcome.Unknown, SessionMessages.ShuttingDown).AsTask();
+        }
+    }
+
     public async ValueTask DisposeAsync()
     {
+        Volatile.Write(ref _stopping, true);
         await _heartbeat.DisposeAsync().ConfigureAwait(false);
         var closing = new List<Task>();
         foreach (var (_, session) in _sessions)
         {
-            closing.Add(session.DisposeAsync().AsTask());
+            closing.Add(session.CloseAsync(AuditOutcome.Unknown, SessionMessages.ShuttingDown).AsTask());
         }
         await Task.WhenAll(closing).ConfigureAwait(false);
         foreach (var server in _snapshot.Servers.Values)

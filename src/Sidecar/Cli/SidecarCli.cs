@@ -19,7 +19,10 @@ public static class SidecarCli
     public static Task<int> InvokeAsync(string[] args, TextWriter output, TextWriter error, CancellationToken cancellationToken = default)
     {
         var parse = Build().Parse(args);
-        var configuration = new InvocationConfiguration { Output = output, Error = error };
+        // SIGTERM and SIGINT are the commands' own: `run` stops its host (sessions closed, audit drained, audit_stop),
+        // `wrap` answers what it owes first. System.CommandLine's handler would end the process 2 s after the signal,
+        // whatever was still being written.
+        var configuration = new InvocationConfiguration { Output = output, Error = error, ProcessTerminationTimeout = null };
         return parse.InvokeAsync(configuration, cancellationToken);
     }
 }

@@ -92,11 +92,13 @@ internal static class WrapCommand
         pipeline?.Start();
         var engine = new SessionEngine(snapshot, pipeline?.Recorder ?? AuditRecorder.Disabled, new RateLimitStore(), loggers);
         using var stopping = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context =>
+        Action<PosixSignalContext> stop = context =>
         {
-            context.Cancel = true; // stop reading, answer what is owed, drain audit, then exit
+            context.Cancel = true; // stop reading, drain audit, then exit
             stopping.Cancel();
-        });
+        };
+        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, stop);
+        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, stop);
         try
         {
             var server = snapshot.Servers.Values.Single();

@@ -111,7 +111,12 @@ internal sealed record WrapRequest(string? Policy, string? Upstream, string[] He
         var state = Environment.GetEnvironmentVariable("XDG_STATE_HOME");
         if (string.IsNullOrEmpty(state) || !Path.IsPathRooted(state))
         {
-            state = Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".local", "state");
+            var home = Environment.GetFolderPath(Environment.SpecialFolder.UserProfile, Environment.SpecialFolderOption.DoNotVerify);
+            if (string.IsNullOrEmpty(home) || !Path.IsPathRooted(home))
+            {
+                throw new WrapUsageException("neither XDG_STATE_HOME nor HOME says where the audit file goes: set one, or give --audit FILE");
+            }
+            state = Path.Combine(home, ".local", "state");
         }
         var folder = Path.Combine(state, "sidecar");
         Directory.CreateDirectory(folder);

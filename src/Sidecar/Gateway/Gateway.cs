@@ -84,6 +84,14 @@ internal sealed class Gateway : IAsyncDisposable
         }
     }
 
+    /// <summary>Closes every session now (the host is stopping): calls in flight get -32016 and are recorded as <c>unknown</c>.</summary>
+    public void BeginStopping()
+    {
+        _hangup?.Dispose();
+        _watcher?.Dispose();
+        Engine.BeginShutdown();
+    }
+
     private async Task ReloadOnSignalAsync()
     {
         try

@@ -76,9 +76,11 @@ internal static class GatewayHost
             kestrel.Listen(address, port);
         });
 
-        // Stopping awaits the gateway's disposal (sessions closed, audit drained and flushed) in a hosted service:
-        // registered after the web server's own, it stops before it. Blocking on it in an ApplicationStopping callback
-        // would hold the thread that asked to stop, and an I/O thread must never wait for I/O.
+        // Stopping: when the host begins to stop (ApplicationStopping, before the web server waits for the requests
+        // still open), the sessions are closed, so the calls in flight are answered and recorded at once instead of
+        // holding the web server's shutdown; then a hosted service awaits the gateway's disposal (audit drained,
+        // audit_stop, sinks flushed). Blocking in the ApplicationStopping callback would hold the thread that asked
+        // to stop, and an I/O thread must never wait for I/O.
         var lifetime = new GatewayLifetime();
         builder.Services.AddSingleton<IHostedService>(lifetime);
         builder.Services.AddSingleton(lifetime);
@@ -88,6 +90,7 @@ internal static class GatewayHost
         lifetime.Gateway = gateway;
         // Once every hosted service has started and Kestrel is bound: a gateway that cannot listen leaves no run in the trail.
         app.Lifetime.ApplicationStarted.Register(gateway.Start);
+        app.Lifetime.ApplicationStopping.Register(gateway.BeginStopping);
         var logger = loggers.CreateLogger("Sidecar.Http");
         var streamable = new StreamableHttpEndpoint(gateway, new StatelessEndpoint(gateway, logger));
         var legacy = new LegacySseEndpoint(gateway);

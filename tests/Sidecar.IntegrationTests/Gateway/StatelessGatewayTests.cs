@@ -51,6 +51,20 @@ public sealed class StatelessGatewayFixture : IAsyncLifetime
             }
         }
 
+        // Listening is not serving yet: its first answer (JIT, routing) can take seconds on a loaded machine, longer than
+        // Sidecar's server/discover probe waits. Warm it up with that probe's request.
+        using (var warm = new HttpClient { Timeout = TimeSpan.FromSeconds(30) })
+        {
+            using var discover = new HttpRequestMessage(HttpMethod.Post, $"http://127.0.0.1:{port}/mcp")
+            {
+                Content = new StringContent("""{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}""", Encoding.UTF8, "application/json"),
+            };
+            discover.Headers.TryAddWithoutValidation("Accept", "application/json, text/event-stream");
+            discover.Headers.TryAddWithoutValidation("MCP-Protocol-Version", "2026-07-28");
+            discover.Headers.TryAddWithoutValidation("Mcp-Method", "server/discover");
+            using var answer = await warm.SendAsync(discover);
+        }
+
         var policy = """
             { "version": "1", "default": "deny", "hide": ["secret"],
               "tools": {

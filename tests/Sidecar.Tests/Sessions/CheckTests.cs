@@ -4,6 +4,7 @@ using Sidecar.Configuration;
 using Sidecar.JsonRpc;
 using Sidecar.Protocol;
 using Sidecar.Sessions;
+using Sidecar.Tests.TestSupport;
 using static Sidecar.Tests.TestSupport.EngineHarness;
 
 namespace Sidecar.Tests.Sessions;
@@ -38,10 +39,28 @@ public sealed class CheckTests
     [InlineData("""{"jsonrpc":"2.0","id":null,"method":"ping"}""", "Invalid Request: A request id must not be null.")]
     [InlineData("""{"jsonrpc":"2.0","id":{"x":1},"method":"ping"}""", "Invalid Request: Member 'id' must be a string, a number or null.")]
     [InlineData("""[]""", "Invalid Request: Batch is empty.")]
-    [InlineData("""[1]""", "Invalid Request: Batch element is not an object.")]
     [InlineData("""42""", "Invalid Request: Message must be a JSON object or a batch array.")]
     public void An_invalid_request_is_refused_with_32600(string json, string message)
         => Assert.Equal(new Refusal(RefusalKind.Invalid, ErrorCodes.InvalidRequest, message), Check(json));
+
+    [Fact]
+    public async Task A_batch_of_non_objects_is_answered_element_by_element_as_JSON_RPC_says()
+    {
+        // JSON-RPC 2.0's own example: [1] is answered with one -32600 (id null) per element, not refused as a whole.
+        Assert.Null(Check("[1,2]"));
+        await using var h = EngineHarness.Create();
+        var session = await h.OpenInitializedAsync(Sidecar.Protocol.McpProtocol.V20250326);
+        var sink = new MessageSink(acceptsRelatedMessages: false);
+        var (expected, refused) = await h.SendAsync(session, "[1,2]", sink);
+        Assert.Null(refused);
+        Assert.Equal(2, expected);
+        for (var i = 0; i < 2; i++)
+        {
+            var answer = System.Text.Json.JsonDocument.Parse((await SessionHarness.ReadAsync(sink)).Payload).RootElement;
+            Assert.Equal(System.Text.Json.JsonValueKind.Null, answer.GetProperty("id").ValueKind);
+            Assert.Equal(ErrorCodes.InvalidRequest, answer.GetProperty("error").GetProperty("code").GetInt32());
+        }
+    }
 
     [Fact]
     public void A_message_over_maxMessageBytes_is_refused_as_too_large()

@@ -31,8 +31,8 @@ namespace Sidecar.IntegrationTests.TestSupport;
 /// <c>retry</c> = 200 ms) answers with an event stream: a priming event (<c>id</c>, <c>retry</c>, empty
 /// <c>data</c>), a progress notification with an id when the call has a progress token, then the stream is closed
 /// (cleanly) without the answer (with <c>closes</c> 0, the answer follows on the POST stream instead; with
-/// <c>abort</c> true the connection is aborted instead of the response ended; with <c>forget</c> true the server
-/// forgets the stream, and a GET resuming it gets 400). Each GET that resumes it gets a fresh priming event; the <c>closes</c>-th one also
+/// <c>abort</c> true the connection is aborted instead, once the test calls <see cref="BreakHeldStreams"/>; with
+/// <c>forget</c> true the server forgets the stream, and a GET resuming it gets 400). Each GET that resumes it gets a fresh priming event; the <c>closes</c>-th one also
 /// gets the JSON-RPC result (original request id), after which the stream ends; earlier ones are closed again.
 /// <c>no_id_echo</c> answers with an event stream that has no event id at all (a keep-alive comment and a progress
 /// notification) and is closed before the answer, which never comes.
@@ -47,7 +47,7 @@ public sealed class ResumableMcpServer : IAsyncDisposable
     private readonly ConcurrentDictionary<string, PollStream> _streams = new();
     private readonly ConcurrentQueue<string> _sentIds = new();
     private readonly ConcurrentQueue<string> _closedStreams = new();
-    private readonly SemaphoreSlim _changed = new(0);
+    private readonly TaskCompletionSource _breakHeld = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private int _nextStream;
 
     private ResumableMcpServer(WebApplication app, int port)
@@ -112,24 +112,8 @@ public sealed class ResumableMcpServer : IAsyncDisposable
         return server;
     }
 
-    /// <summary>Waits (bounded) until a recorded request matches.</summary>
-    public async Task<Seen> WaitForRequestAsync(Func<Seen, bool> match, TimeSpan timeout)
-    {
-        var deadline = Stopwatch.StartNew();
-        while (true)
-        {
-            if (_seen.FirstOrDefault(match) is { } seen)
-            {
-                return seen;
-            }
-            var left = timeout - deadline.Elapsed;
-            if (left <= TimeSpan.Zero)
-            {
-                throw new TimeoutException($"no matching request within {timeout}; seen:\n{string.Join('\n', _seen)}");
-            }
-            await _changed.WaitAsync(left < TimeSpan.FromMilliseconds(100) ? left : TimeSpan.FromMilliseconds(100));
-        }
-    }
+    /// <summary>Aborts the connections of the <c>slow_echo</c> calls with <c>abort</c> true (they wait for this).</summary>
+    public void BreakHeldStreams() => _breakHeld.TrySetResult();
 
     /// <summary>Waits (bounded) until the server has closed a stream before its answer.</summary>
     public async Task<string> WaitForEarlyCloseAsync(TimeSpan timeout)
@@ -147,11 +131,7 @@ public sealed class ResumableMcpServer : IAsyncDisposable
         return key!;
     }
 
-    private void Record(Seen seen)
-    {
-        _seen.Enqueue(seen);
-        _changed.Release();
-    }
+    private void Record(Seen seen) => _seen.Enqueue(seen);
 
     private async Task HandleAsync(HttpContext context)
     {
@@ -299,9 +279,9 @@ public sealed class ResumableMcpServer : IAsyncDisposable
                 CloseEarly(stream);
                 if (arguments?["abort"]?.GetValue<bool>() == true)
                 {
-                    // Broken rather than closed: the chunked body never ends. Flushed bytes may still be on their way out
-                    // of Kestrel's transport, and an abort would drop them with the connection: give them a moment.
-                    await Task.Delay(200);
+                    // Broken rather than closed: the chunked body never ends. An abort may reset the connection and lose
+                    // bytes the client has not read yet, so it waits for the test, which has seen what was sent.
+                    await _breakHeld.Task.WaitAsync(context.RequestAborted);
                     context.Abort();
                 }
                 return; // ends the response: the stream closes before the answer
@@ -417,8 +397,8 @@ public sealed class ResumableMcpServer : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        _breakHeld.TrySetResult();
         await _app.StopAsync();
         await _app.DisposeAsync();
-        _changed.Dispose();
     }
 }

@@ -59,6 +59,7 @@ public sealed class StreamableHttpResumeTests : IAsyncLifetime
 
         var resumed = Assert.Single(_server.Resumptions);
         Assert.Equal("s1-1", resumed.LastEventId); // the progress event's: the last id the POST stream sent
+        Assert.Equal(["s1-0", "s1-1", "s1-2", "s1-3"], _server.SentEventIds); // priming, progress | priming, answer
         Assert.Equal(ResumableMcpServer.SessionId, resumed.SessionId);
         Assert.Equal("2025-11-25", resumed.ProtocolVersion);
         Assert.Contains("text/event-stream", resumed.Accept, StringComparison.Ordinal);
@@ -114,10 +115,13 @@ public sealed class StreamableHttpResumeTests : IAsyncLifetime
     {
         await using var client = await OpenAsync();
 
-        var answer = await client.RequestAsync("tools/call", Call("slow_echo", """{"message":"after a reset","abort":true}"""), s_bound);
+        var call = client.RequestAsync("tools/call", Call("slow_echo", """{"message":"after a reset","abort":true}""", "p-4"), s_bound);
+        await client.WaitForNotificationAsync(n => n.Method == "notifications/progress", s_bound); // all sent is read
+        _server.BreakHeldStreams();
+        var answer = await call;
 
         Assert.Equal("Echo: after a reset", answer.ToolText());
-        Assert.Equal("s1-0", Assert.Single(_server.Resumptions).LastEventId);
+        Assert.Equal("s1-1", Assert.Single(_server.Resumptions).LastEventId);
     }
 
     [Fact]

@@ -17,9 +17,10 @@ internal enum SessionMessage : byte
 
 /// <summary>
 /// Cheap, allocation-free looks into a JSON-RPC message for the few facts a transport needs to run an MCP session
-/// (Streamable HTTP only, and only until the session is set up): is this the <c>initialize</c> request or the
-/// <c>notifications/initialized</c> notification, and which <c>protocolVersion</c> did the server's initialize result
-/// choose. Nothing here validates: the gateway has already done that, and an unreadable message is just "other".
+/// (Streamable HTTP only): is this the <c>initialize</c> request or the <c>notifications/initialized</c> notification,
+/// and which <c>protocolVersion</c> did the server's initialize result choose (only until the session is set up); is a
+/// message on a POST's event stream the response, and was the POST a request (to know whether a stream that ended
+/// still owes an answer). Nothing here validates: the gateway has already done that, and an unreadable message is just "other".
 /// </summary>
 internal static class JsonRpcPeek
 {
@@ -61,6 +62,71 @@ internal static class JsonRpcPeek
         {
         }
         return SessionMessage.Other;
+    }
+
+    /// <summary>
+    /// True for a response: a top-level <c>result</c> or <c>error</c> comes before any <c>method</c>. Stops at the
+    /// first of those names, so the body of a large result is never read through.
+    /// </summary>
+    public static bool IsResponse(ReadOnlySpan<byte> message)
+    {
+        try
+        {
+            var reader = new Utf8JsonReader(message, s_options);
+            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+            {
+                return false;
+            }
+            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+            {
+                if (reader.ValueTextEquals("result"u8) || reader.ValueTextEquals("error"u8))
+                {
+                    return true;
+                }
+                if (reader.ValueTextEquals("method"u8) || !reader.Read())
+                {
+                    return false;
+                }
+                reader.Skip();
+            }
+        }
+        catch (JsonException)
+        {
+        }
+        return false;
+    }
+
+    /// <summary>True for a request: the top level has both <c>method</c> and <c>id</c>.</summary>
+    public static bool IsRequest(ReadOnlySpan<byte> message)
+    {
+        try
+        {
+            var reader = new Utf8JsonReader(message, s_options);
+            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+            {
+                return false;
+            }
+            var method = false;
+            var id = false;
+            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+            {
+                method |= reader.ValueTextEquals("method"u8);
+                id |= reader.ValueTextEquals("id"u8);
+                if (method && id)
+                {
+                    return true;
+                }
+                if (!reader.Read())
+                {
+                    return false;
+                }
+                reader.Skip();
+            }
+        }
+        catch (JsonException)
+        {
+        }
+        return false;
     }
 
     /// <summary>

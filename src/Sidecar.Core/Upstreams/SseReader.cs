@@ -5,7 +5,7 @@ namespace Sidecar.Upstreams;
 
 internal enum SseReadKind : byte
 {
-    /// <summary>An event with non-empty data was dispatched.</summary>
+    /// <summary>An event with data (anything but whitespace) was dispatched.</summary>
     Event,
 
     /// <summary>An event (or a line) exceeded the size limit and was discarded.</summary>
@@ -25,9 +25,13 @@ internal readonly record struct SseEvent(SseReadKind Kind, string? Type, byte[]?
 /// <summary>
 /// An incremental <c>text/event-stream</c> parser (WHATWG HTML "server-sent events" interpretation) over a
 /// <see cref="Stream"/> (left open), read into one pooled buffer: lines end in CRLF, LF or CR; <c>:</c> starts a comment; <c>data</c> lines are joined
-/// with LF; <c>event</c>, <c>id</c> and <c>retry</c> are honoured; a blank line dispatches; events with empty data are
-/// not dispatched. Memory is bounded: an event whose data exceeds <c>maxEventBytes</c>, or a line longer than that,
-/// is skipped without being buffered (reported as <see cref="SseReadKind.TooLarge"/>).
+/// with LF; <c>event</c>, <c>id</c> and <c>retry</c> are honoured; a blank line dispatches. Events whose data is empty
+/// (or only whitespace: nothing a consumer could use) are not dispatched, but their <c>id</c> and <c>retry</c> count:
+/// MCP 2025-11-25 servers prime every stream with such an event (an id, maybe a retry, <c>data:</c> empty) so that the
+/// client can resume it. As in the SSE spec, an event's id becomes <see cref="LastEventId"/> only once the event is
+/// whole (its blank line read): a stream cut inside an event resumes from the event before it. Memory is bounded: an
+/// event whose data exceeds <c>maxEventBytes</c>, or a line longer than that, is skipped without being buffered
+/// (reported as <see cref="SseReadKind.TooLarge"/>).
 /// </summary>
 internal sealed class SseReader : IAsyncDisposable
 {
@@ -54,9 +58,11 @@ internal sealed class SseReader : IAsyncDisposable
     private int _dataLength;
     private bool _dataTooLarge;
     private string? _type;
-    private byte[]? _id; // allocated on the first id: many streams have none
+    private byte[]? _id; // the last event id (of a whole event); allocated on the first id: many streams have none
     private int _idLength = -1;
     private string? _idString;
+    private byte[]? _pendingId; // the id field of the event being read, until its blank line commits it
+    private int _pendingIdLength = -1; // -1: the event being read has set no id
     private bool _skippingLine;
     private bool _pendingCr;
     private bool _bomChecked;
@@ -87,13 +93,17 @@ internal sealed class SseReader : IAsyncDisposable
         _type = null;
         _idLength = -1;
         _idString = null;
+        _pendingIdLength = -1;
         _skippingLine = false;
         _pendingCr = false;
         _bomChecked = false;
         RetryMilliseconds = null;
     }
 
-    /// <summary>The last event ID the stream set (for <c>Last-Event-ID</c> on reconnection), or null.</summary>
+    /// <summary>
+    /// The last event ID the stream set, as of the last whole event (dispatched or not), for <c>Last-Event-ID</c> on
+    /// reconnection; null if none (or the stream reset it with an empty <c>id</c>).
+    /// </summary>
     public string? LastEventId
     {
         get
@@ -289,10 +299,9 @@ internal sealed class SseReader : IAsyncDisposable
         {
             if (value.PositionOf((byte)0) is null && value.Length <= MaxIdBytes)
             {
-                _id ??= new byte[MaxIdBytes];
-                value.CopyTo(_id);
-                _idLength = (int)value.Length;
-                _idString = null;
+                _pendingId ??= new byte[MaxIdBytes];
+                value.CopyTo(_pendingId);
+                _pendingIdLength = (int)value.Length;
             }
         }
         else if (name.SequenceEqual("retry"u8))
@@ -343,6 +352,10 @@ internal sealed class SseReader : IAsyncDisposable
 
     private SseEvent? Dispatch()
     {
+        if (_pendingIdLength >= 0)
+        {
+            CommitId();
+        }
         var type = _type;
         _type = null;
         if (_dataTooLarge)
@@ -351,14 +364,27 @@ internal sealed class SseReader : IAsyncDisposable
             _dataLength = 0;
             return new SseEvent(SseReadKind.TooLarge, type, null);
         }
-        if (_dataLength == 0)
-        {
-            return null;
-        }
-        var data = _data.AsSpan(0, _dataLength - 1).ToArray(); // without the last LF
+        var length = _dataLength - 1; // without the last LF
         _dataLength = 0;
-        return new SseEvent(SseReadKind.Event, type, data);
+        if (length <= 0 || IsWhitespace(_data.AsSpan(0, length)))
+        {
+            return null; // no data (a priming event, or just an id or a retry): nothing to hand on
+        }
+        return new SseEvent(SseReadKind.Event, type, _data.AsSpan(0, length).ToArray());
     }
+
+    /// <summary>The whole event set an id: it becomes the last event id (the SSE spec's "last event ID string").</summary>
+    private void CommitId()
+    {
+        _id ??= new byte[MaxIdBytes];
+        _pendingId.AsSpan(0, _pendingIdLength).CopyTo(_id);
+        _idLength = _pendingIdLength;
+        _idString = null;
+        _pendingIdLength = -1;
+    }
+
+    /// <summary>True when the data holds no JSON value at all (stops at the first other byte, so JSON costs one look).</summary>
+    private static bool IsWhitespace(ReadOnlySpan<byte> data) => data.IndexOfAnyExcept(" \t\r\n"u8) < 0;
 
     private static string TypeName(ReadOnlySequence<byte> value)
     {

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 
@@ -20,6 +21,15 @@ namespace Sidecar.Upstreams;
 /// per-request timeout covers that.
 /// </para>
 /// <para>
+/// <b>Resumption</b> (MCP 2025-11-25, "Resumability and Redelivery"): a server may close a request's event stream
+/// before the response once it has sent an event id (it primes each stream with one: an id, often a <c>retry</c>,
+/// empty data, which is not a message and is skipped). When a request's stream ends, cleanly or broken, before its
+/// response and it had an event id, the rest is fetched with a <c>GET</c> carrying <c>Last-Event-ID</c> (and the
+/// session headers) after the server's <c>retry</c>; that stream is read like the POST's, with the same correlation,
+/// and resumed again with the newest id if it too ends early. Failed attempts back off and are bounded (see
+/// <see cref="ResumeAsync"/>); then, or when the stream had no event id at all, the send fails.
+/// </para>
+/// <para>
 /// <b>Session</b>: the <c>initialize</c> request is recognised (a cheap look at <c>method</c>, done only until the
 /// session is set up). <c>Mcp-Session-Id</c> is taken from its response headers and <c>result.protocolVersion</c> from
 /// its response body. Sends made while it is in flight wait for it, so they carry the session. Once the client's
@@ -30,9 +40,10 @@ namespace Sidecar.Upstreams;
 /// <para>
 /// <b>Failures</b>: a send that gets a non-2xx answer, cannot connect, or gets no answer in time becomes a
 /// <see cref="UpstreamEventKind.SendFailed"/> event with its correlation (when the server answered with a JSON body,
-/// e.g. a JSON-RPC error, <see cref="UpstreamEvent.Payload"/> holds it as sent). A broken response stream is also a
-/// SendFailed, which may follow messages already delivered for that send, and so is a message on the send's response
-/// that exceeds <c>MaxMessageBytes</c> (dropped with a warning; it is most likely the response). HTTP 404, or 400 on a request that carried
+/// e.g. a JSON-RPC error, <see cref="UpstreamEvent.Payload"/> holds it as sent). A request's response stream that
+/// ends before the response and can't be resumed is also a SendFailed, which may follow messages already delivered
+/// for that send, and so is a message on the send's response that exceeds <c>MaxMessageBytes</c> (dropped with a
+/// warning; it is most likely the response). HTTP 404, or 400 on a request that carried
 /// the session id (server-everything answers an unknown session with 400), means the session is gone: that send fails
 /// and <see cref="Completion"/> faults with <see cref="UpstreamException.SessionGone"/>.
 /// </para>
@@ -57,6 +68,9 @@ public sealed class StreamableHttpUpstreamConnection : IUpstreamConnection
     private static readonly TimeSpan s_drainTimeout = TimeSpan.FromSeconds(2);
     private static readonly TimeSpan s_firstRetry = TimeSpan.FromMilliseconds(250);
     private static readonly TimeSpan s_maxRetry = TimeSpan.FromSeconds(10);
+
+    /// <summary>Resumptions of a send's event stream in a row that bring nothing new before the send fails.</summary>
+    private const int MaxResumeFailures = 5;
 
     private readonly HttpUpstream _http;
     private readonly UpstreamEventSink _sink = new();
@@ -165,11 +179,13 @@ public sealed class StreamableHttpUpstreamConnection : IUpstreamConnection
         }
     }
 
+    /// <summary>The POST and its answer, then (rarely) the resumption of an event stream that ended before the answer.</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ExchangeAsync(Post post)
     {
         var timeoutAfter = _http.Limits.UpstreamTimeout;
         var sessionId = Volatile.Read(ref _sessionId);
+        var unfinished = default(StreamEnd);
         try
         {
             using var request = new HttpRequestMessage(HttpMethod.Post, _http.Url);
@@ -214,7 +230,7 @@ public sealed class StreamableHttpUpstreamConnection : IUpstreamConnection
                 if (HttpUpstream.IsMediaType(content, "text/event-stream"))
                 {
                     timeout.CancelAfter(Timeout.InfiniteTimeSpan); // progress may take a while: the caller's timeout rules
-                    await ReadResponseStreamAsync(post, content).ConfigureAwait(false);
+                    unfinished = await SettleStreamAsync(post, await ReadEventStreamAsync(post, content, default).ConfigureAwait(false)).ConfigureAwait(false);
                 }
                 else if (HttpUpstream.IsMediaType(content, "application/json"))
                 {
@@ -251,6 +267,10 @@ public sealed class StreamableHttpUpstreamConnection : IUpstreamConnection
                 await FailSendAsync(post.Correlation, _http.Redact($"upstream '{_http.Name}' response broke: {HttpUpstream.Reason(ex)}")).ConfigureAwait(false);
             }
         }
+        if (unfinished.AwaitsAnswer)
+        {
+            await ResumeAsync(post, unfinished).ConfigureAwait(false); // the POST's request and response are released
+        }
     }
 
     private void AddSessionHeaders(HttpRequestMessage request, string? sessionId)
@@ -278,45 +298,225 @@ public sealed class StreamableHttpUpstreamConnection : IUpstreamConnection
         }
     }
 
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask ReadResponseStreamAsync(Post post, HttpContent content)
+    /// <summary>
+    /// How one event stream of a send ended. <see cref="AwaitsAnswer"/>: before the send's response, with nothing else
+    /// settling the send (a failure already reported, the connection closing). Then <see cref="LastEventId"/> and
+    /// <see cref="RetryMilliseconds"/> (the newest over all the send's streams so far) say where and when to resume,
+    /// <see cref="Broken"/> why it ended if not cleanly, and <see cref="Delivered"/> whether it brought any message.
+    /// </summary>
+    private readonly record struct StreamEnd(bool AwaitsAnswer, string? LastEventId, int? RetryMilliseconds, string? Broken, bool Delivered);
+
+    /// <summary>
+    /// Reads one event stream of a send (the POST's answer, or a GET resuming it) to its end, handing on every message
+    /// with the send's correlation. <paramref name="before"/> is how the send's previous stream ended (default for the
+    /// POST's own).
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<StreamEnd> ReadEventStreamAsync(Post post, HttpContent content, StreamEnd before)
     {
-        var body = content.ReadAsStream(_sink.Lifetime); // the handler's stream, handed over at once
-        var reader = _http.SseReaders.Rent(body);
+        var lifetime = _sink.Lifetime;
+        var reader = _http.SseReaders.Rent(content.ReadAsStream(lifetime)); // the handler's stream, handed over at once
         try
         {
-            while (true)
+            var settled = false; // the response went by, or the send has failed already
+            var delivered = false;
+            string? broken = null;
+            try
             {
-                var e = await reader.ReadAsync(_sink.Lifetime).ConfigureAwait(false);
-                switch (e.Kind)
+                while (true)
                 {
-                    case SseReadKind.End:
-                        return;
-                    case SseReadKind.TooLarge:
+                    var e = await reader.ReadAsync(lifetime).ConfigureAwait(false);
+                    if (e.Kind == SseReadKind.End)
+                    {
+                        break;
+                    }
+                    if (e.Kind == SseReadKind.TooLarge)
+                    {
                         // Most likely the response itself: fail the send now rather than let the caller time out.
                         UpstreamLog.MessageTooLarge(_http.Logger, _http.Name, Transport, _http.Limits.MaxMessageBytes);
                         await FailSendAsync(post.Correlation, $"upstream '{_http.Name}' sent a message larger than {_http.Limits.MaxMessageBytes} bytes").ConfigureAwait(false);
-                        break;
-                    default:
-                        if (!e.IsMessage)
-                        {
-                            UpstreamLog.IgnoredSseEvent(_http.Logger, _http.Name, e.Type!);
-                            break;
-                        }
-                        OnResponseMessage(post, e.Data!);
-                        if (!await _sink.EmitAsync(new UpstreamEvent(UpstreamEventKind.Message, e.Data, post.Correlation)).ConfigureAwait(false))
-                        {
-                            return;
-                        }
-                        break;
+                        settled = true;
+                        continue;
+                    }
+                    if (!e.IsMessage)
+                    {
+                        UpstreamLog.IgnoredSseEvent(_http.Logger, _http.Name, e.Type!);
+                        continue;
+                    }
+                    OnResponseMessage(post, e.Data!);
+                    settled = settled || JsonRpcPeek.IsResponse(e.Data);
+                    delivered = true;
+                    if (!await _sink.EmitAsync(new UpstreamEvent(UpstreamEventKind.Message, e.Data, post.Correlation)).ConfigureAwait(false))
+                    {
+                        return default; // the connection has closed
+                    }
                 }
             }
+            catch (Exception ex) when (ex is OperationCanceledException or IOException or HttpRequestException or ObjectDisposedException)
+            {
+                if (lifetime.IsCancellationRequested)
+                {
+                    return default;
+                }
+                broken = _http.Redact(HttpUpstream.Reason(ex));
+            }
+            return settled
+                ? default
+                : new StreamEnd(true, reader.LastEventId ?? before.LastEventId, reader.RetryMilliseconds ?? before.RetryMilliseconds, broken, delivered);
         }
         finally
         {
             _http.SseReaders.Return(reader);
         }
     }
+
+    /// <summary>
+    /// After the POST's event stream ended before its answer: a request's stream that set an event id is to be resumed
+    /// (returned); one without an id can't be, and its send fails now rather than wait for the caller's timeout.
+    /// </summary>
+    private async ValueTask<StreamEnd> SettleStreamAsync(Post post, StreamEnd end)
+    {
+        if (!end.AwaitsAnswer)
+        {
+            return default;
+        }
+        var isRequest = JsonRpcPeek.IsRequest(post.Buffer.AsSpan(0, post.Length)); // a notification's stream owes nothing
+        if (isRequest && end.LastEventId is not null)
+        {
+            return end;
+        }
+        if (end.Broken is not null)
+        {
+            await FailSendAsync(post.Correlation, $"upstream '{_http.Name}' response broke: {end.Broken}").ConfigureAwait(false);
+        }
+        else if (isRequest)
+        {
+            await FailSendAsync(post.Correlation, $"upstream '{_http.Name}' closed the response stream before the answer, with no event id to resume from").ConfigureAwait(false);
+        }
+        return default;
+    }
+
+    /// <summary>
+    /// Resumes a request's event stream that ended before the answer (MCP 2025-11-25 lets a server close it once it
+    /// has sent an event id): after the server's <c>retry</c> (else 250 ms), a GET with <c>Last-Event-ID</c>, whose
+    /// stream is read like the POST's, with the same correlation; again, with the newest id, while streams keep ending
+    /// before the answer. Attempts that bring nothing new (no connection, HTTP 409, 429 or 5xx, a stream without a new
+    /// id or message) back off, doubling, and the send fails after <see cref="MaxResumeFailures"/> of them in a row, or
+    /// once <c>UpstreamTimeout</c> has passed without a message, or at once if the server refuses to resume. HTTP 404
+    /// means the session is gone. Nothing is attempted once the connection is closing or disposed.
+    /// </summary>
+    private async Task ResumeAsync(Post post, StreamEnd end)
+    {
+        var lifetime = _sink.Lifetime;
+        var failures = 0;
+        var quietSince = Stopwatch.GetTimestamp();
+        var reason = end.Broken ?? "the server closed it";
+        string refused;
+        while (true)
+        {
+            if (failures >= MaxResumeFailures)
+            {
+                refused = $"{failures} attempts in a row failed, the last: {reason}";
+                break;
+            }
+            if (Stopwatch.GetElapsedTime(quietSince) >= _http.Limits.UpstreamTimeout)
+            {
+                refused = $"no message within {HttpUpstream.FormatTimeout(_http.Limits.UpstreamTimeout)}; the last stream ended: {reason}";
+                break;
+            }
+            var wait = ResumeDelay(end.RetryMilliseconds, failures);
+            UpstreamLog.ResumingStream(_http.Logger, _http.Name, post.Correlation, reason, (int)wait.TotalMilliseconds);
+            try
+            {
+                await Task.Delay(wait, lifetime).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            if (Volatile.Read(ref _disposing) != 0)
+            {
+                return;
+            }
+
+            var sessionId = Volatile.Read(ref _sessionId);
+            try
+            {
+                using var request = new HttpRequestMessage(HttpMethod.Get, _http.Url);
+                request.Headers.TryAddWithoutValidation("Accept", "text/event-stream");
+                AddSessionHeaders(request, sessionId);
+                request.Headers.TryAddWithoutValidation("Last-Event-ID", end.LastEventId);
+                using var timeout = _http.Timeouts.Rent(_http.Limits.UpstreamTimeout, lifetime);
+                using var response = await _http.Invoker.SendAsync(request, timeout.Token).ConfigureAwait(false);
+                var status = (int)response.StatusCode;
+                if (sessionId is not null && status == 404)
+                {
+                    var gone = $"upstream '{_http.Name}' session is gone (HTTP {status})";
+                    await FailSendAsync(post.Correlation, gone).ConfigureAwait(false);
+                    Fail(new UpstreamException(gone) { SessionGone = true });
+                    return;
+                }
+                if (status is 409 or 429 or >= 500)
+                {
+                    reason = $"HTTP {status}";
+                    failures++;
+                    continue;
+                }
+                if (!response.IsSuccessStatusCode)
+                {
+                    refused = $"HTTP {status}"; // e.g. 400 for an id the server no longer has, 405 for no GET at all
+                    break;
+                }
+                if (!HttpUpstream.IsMediaType(response.Content, "text/event-stream"))
+                {
+                    refused = "the answer is not an event stream";
+                    break;
+                }
+                timeout.CancelAfter(Timeout.InfiniteTimeSpan); // as for the POST's stream: the caller's timeout rules
+                var next = await ReadEventStreamAsync(post, response.Content, end).ConfigureAwait(false);
+                if (!next.AwaitsAnswer)
+                {
+                    return; // answered (or settled otherwise)
+                }
+                if (next.Delivered)
+                {
+                    quietSince = Stopwatch.GetTimestamp();
+                }
+                failures = next.Delivered || next.LastEventId != end.LastEventId ? 0 : failures + 1;
+                reason = next.Broken ?? "the server closed it again";
+                end = next;
+            }
+            catch (OperationCanceledException) when (lifetime.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (OperationCanceledException)
+            {
+                reason = $"no answer within {HttpUpstream.FormatTimeout(_http.Limits.UpstreamTimeout)}";
+                failures++;
+            }
+            catch (Exception ex) when (ex is IOException or HttpRequestException or ObjectDisposedException)
+            {
+                reason = _http.Redact(HttpUpstream.Reason(ex));
+                failures++;
+            }
+        }
+        UpstreamLog.ResumeAbandoned(_http.Logger, _http.Name, post.Correlation, refused);
+        await FailSendAsync(post.Correlation, $"upstream '{_http.Name}' closed the response stream before the answer and it could not be resumed: {refused}").ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// The wait before a resumption: the server's <c>retry</c> (clamped, see <see cref="ServerRetry"/>), else 250 ms;
+    /// doubled for each failure in a row, up to 10 s (or the server's retry, if longer).
+    /// </summary>
+    private static TimeSpan ResumeDelay(int? serverRetry, int failures)
+    {
+        var first = serverRetry is { } retry ? ServerRetry(retry) : s_firstRetry;
+        return TimeSpan.FromTicks(Math.Min(first.Ticks << Math.Min(failures, 16), Math.Max(first.Ticks, s_maxRetry.Ticks)));
+    }
+
+    /// <summary>A server's <c>retry:</c>, held to 100 ms .. 60 s: neither a reconnection storm nor a wait for ever.</summary>
+    private static TimeSpan ServerRetry(int milliseconds) => TimeSpan.FromMilliseconds(Math.Clamp(milliseconds, 100, 60_000));
 
     private async Task OnErrorStatusAsync(Post post, HttpResponseMessage response, string? sentSessionId, CancellationToken cancellationToken)
     {
@@ -463,7 +663,7 @@ public sealed class StreamableHttpUpstreamConnection : IUpstreamConnection
                 reason = _http.Redact(HttpUpstream.Reason(ex));
             }
 
-            var wait = serverRetry is { } retry ? TimeSpan.FromMilliseconds(Math.Clamp(retry, 100, 60_000)) : delay;
+            var wait = serverRetry is { } retry ? ServerRetry(retry) : delay;
             UpstreamLog.GetStreamReconnecting(_http.Logger, _http.Name, reason, (int)wait.TotalMilliseconds);
             try
             {

@@ -55,4 +55,11 @@ internal static partial class UpstreamLog
 
     [LoggerMessage(EventId = 2014, Level = LogLevel.Warning, Message = "{Server}: could not kill upstream process {ProcessId}: {Reason}")]
     public static partial void KillFailed(ILogger logger, string server, int processId, string reason);
+
+    [LoggerMessage(EventId = 2015, Level = LogLevel.Information,
+        Message = "{Server}: the event stream of send {Correlation} ended before its answer ({Reason}); resuming it with GET and Last-Event-ID in {DelayMs} ms")]
+    public static partial void ResumingStream(ILogger logger, string server, long correlation, string reason, int delayMs);
+
+    [LoggerMessage(EventId = 2016, Level = LogLevel.Warning, Message = "{Server}: could not resume the event stream of send {Correlation}: {Reason}")]
+    public static partial void ResumeAbandoned(ILogger logger, string server, long correlation, string reason);
 }

@@ -70,6 +70,18 @@ public sealed class UpstreamTestClient : IAsyncDisposable
         }
     }
 
+    /// <summary>Every event received so far, in order of arrival.</summary>
+    public IReadOnlyList<Received> Events
+    {
+        get
+        {
+            lock (_all)
+            {
+                return [.. _all];
+            }
+        }
+    }
+
     public IReadOnlyList<Received> Notifications
     {
         get

@@ -67,6 +67,38 @@ public class SseReaderTests
     }
 
     [Theory]
+    [InlineData(1)]
+    [InlineData(4096)]
+    public async Task Priming_events_with_empty_data_are_not_dispatched_but_set_the_id_and_retry(int chunk)
+    {
+        // MCP 2025-11-25 (SEP-1699): a server primes each stream with an id and empty data, maybe a retry; keep-alive
+        // comments may come at any time. None of them is a message.
+        var text = "id: p-0\nretry: 200\ndata: \n\n" + ":\n\n" + ": keep-alive\n\n" + "id: p-1\ndata:\n\n" + "id: p-2\nretry: 300\n\n";
+        var reader = new SseReader(new ChunkedStream(Encoding.UTF8.GetBytes(text), chunk), 1024);
+        await using (reader)
+        {
+            Assert.Equal(SseReadKind.End, (await reader.ReadAsync(CancellationToken.None)).Kind);
+            Assert.Equal("p-2", reader.LastEventId);
+            Assert.Equal(300, reader.RetryMilliseconds);
+        }
+        Assert.Equal(["message:{}"], await ReadAll("id: 1\ndata:\n\ndata: {}\n\nid: 2\ndata: \n\n", chunk));
+    }
+
+    [Fact]
+    public async Task The_last_event_id_is_that_of_the_last_whole_event()
+    {
+        // A stream cut inside an event: its id must not be the one to resume from, or that event would be skipped.
+        var reader = new SseReader(new ChunkedStream("id: 1\ndata: {}\n\nid: 2\ndata: {\"half"u8.ToArray(), 5), 1024);
+        await using (reader)
+        {
+            Assert.Equal(SseReadKind.Event, (await reader.ReadAsync(CancellationToken.None)).Kind);
+            Assert.Equal("1", reader.LastEventId);
+            Assert.Equal(SseReadKind.End, (await reader.ReadAsync(CancellationToken.None)).Kind);
+            Assert.Equal("1", reader.LastEventId);
+        }
+    }
+
+    [Theory]
     [InlineData(7)]
     [InlineData(50_000)]
     public async Task An_event_longer_than_the_first_buffer_is_read_whole(int chunk)

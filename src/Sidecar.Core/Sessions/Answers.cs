@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Sidecar.Audit;
 using Sidecar.JsonRpc;
+using Sidecar.Policy;
 using Sidecar.Protocol;
 
 namespace Sidecar.Sessions;
@@ -19,20 +20,35 @@ internal static class Answers
         ticket = 0;
         if (pending.HasDecision)
         {
-            var outcome = AuditResponses.Classify(payload.Span, scan.Kind, out var errorCode);
             if (scan.Kind == JsonRpcMessageKind.ErrorResponse && pending.TakeCharges() is { } charges)
             {
                 engine.Decisions.Refund(charges);
             }
-            ticket = engine.Audit.RecordCompletion(pending.AuditId, outcome, errorCode);
+            ticket = Complete(engine, pending.AuditId, payload, scan);
         }
+        return Reshape(engine, server, pending.ToolListPolicy, pending.RawId, payload, scan);
+    }
 
+    /// <summary>Records how a forwarded call ended, from its upstream answer; returns the ticket its answer waits for.</summary>
+    public static long Complete(SessionEngine engine, long auditId, ReadOnlyMemory<byte> payload, in JsonRpcScan scan)
+    {
+        var outcome = AuditResponses.Classify(payload.Span, scan.Kind, out var errorCode);
+        return engine.Audit.RecordCompletion(auditId, outcome, errorCode);
+    }
+
+    /// <summary>
+    /// The upstream answer as the agent gets it: a <c>tools/list</c> result filtered through <paramref name="toolListPolicy"/>
+    /// (when given), and the agent's own id token <paramref name="rawId"/> in place of the upstream's.
+    /// </summary>
+    public static ReadOnlyMemory<byte> Reshape(SessionEngine engine, string server, PolicyModel? toolListPolicy, ReadOnlySpan<byte> rawId,
+        ReadOnlyMemory<byte> payload, in JsonRpcScan scan)
+    {
         var span = payload.Span;
-        if (pending.ToolListPolicy is { } policy && scan.Kind == JsonRpcMessageKind.Response)
+        if (toolListPolicy is not null && scan.Kind == JsonRpcMessageKind.Response)
         {
             try
             {
-                if (ToolListFilter.Filter(payload, policy, pending.RawId, out var removed) is { } filtered)
+                if (ToolListFilter.Filter(payload, toolListPolicy, rawId, out var removed) is { } filtered)
                 {
                     if (removed > 0)
                     {
@@ -44,12 +60,12 @@ internal static class Answers
             catch (JsonException ex)
             {
                 engine.Log.UnfilterableToolList(server, ex.Message);
-                return JsonRpcResponses.Error(pending.RawId, ErrorCodes.InternalError, SessionMessages.UncheckableToolList);
+                return JsonRpcResponses.Error(rawId, ErrorCodes.InternalError, SessionMessages.UncheckableToolList);
             }
         }
-        return span.Slice(scan.Id.Start, scan.Id.Length).SequenceEqual(pending.RawId)
+        return span.Slice(scan.Id.Start, scan.Id.Length).SequenceEqual(rawId)
             ? payload
-            : JsonRpcResponses.ReplaceId(span, scan.Id.Start, scan.Id.Length, pending.RawId);
+            : JsonRpcResponses.ReplaceId(span, scan.Id.Start, scan.Id.Length, rawId);
     }
 
     /// <summary><c>result.protocolVersion</c> of an <c>initialize</c> result; null when it has none.</summary>

@@ -168,7 +168,7 @@ internal sealed partial class McpSession : IAsyncDisposable
             Charges = hasDecision ? DecisionEngine.CopyCharges(decision) : null,
             AuditId = auditId,
             Deadline = Deadline(snapshot.Options),
-            TimeoutSeconds = snapshot.Options.Limits.UpstreamTimeout.TotalSeconds,
+            TimeoutMs = (int)Math.Min(int.MaxValue, snapshot.Options.Limits.UpstreamTimeout.TotalMilliseconds),
         };
         if (!_pending.TryAdd(key, pending))
         {
@@ -269,7 +269,7 @@ internal sealed partial class McpSession : IAsyncDisposable
             // No refund: the server may still run the call.
             var ticket = Audit.RecordCompletion(pending.AuditId, AuditOutcome.Timeout, ErrorCodes.UpstreamTimeout);
             pending.Sink.TryWrite(JsonRpcResponses.Error(pending.RawId, ErrorCodes.UpstreamTimeout,
-                SessionMessages.Timeout(_server.Name, pending.TimeoutSeconds)), true, ticket);
+                SessionMessages.Timeout(_server.Name, pending.TimeoutMs / 1000.0)), true, ticket);
             _ = CancelUpstreamAsync(pending.RawId, SessionMessages.CancelledTimeout);
         }
     }

@@ -21,8 +21,8 @@ internal sealed class PendingRequest(RpcId key, byte[] rawId, MessageSink sink, 
     /// <summary>The agent's <c>initialize</c>: its result says which protocol version the session speaks.</summary>
     public bool IsInitialize { get; init; }
 
-    /// <summary><c>limits.upstreamTimeout</c> when the request was sent, for the timeout's message.</summary>
-    public double TimeoutSeconds { get; init; }
+    /// <summary><c>limits.upstreamTimeout</c> (ms) when the request was sent, for the timeout's message.</summary>
+    public int TimeoutMs { get; init; }
 
     /// <summary>The tool name of a <c>tools/call</c>, for errors and logs.</summary>
     public string? Tool { get; init; }

@@ -22,9 +22,6 @@ namespace Sidecar.Gateway;
 /// </summary>
 internal sealed class StatelessEndpoint(Gateway gateway, ILogger logger)
 {
-    /// <summary>Stands in for a session's sink: a stateless answer is written straight to the response.</summary>
-    private static readonly MessageSink s_noSink = new(acceptsRelatedMessages: false);
-
     private SessionEngine Engine => gateway.Engine;
 
     /// <summary>A POST with <c>MCP-Protocol-Version: 2026-07-28</c>: passed through, or refused when the upstream serves sessions.</summary>
@@ -75,13 +72,7 @@ internal sealed class StatelessEndpoint(Gateway gateway, ILogger logger)
             }
             decided = true;
         }
-        var pending = new PendingRequest(default, rawIdToken.ToArray(), s_noSink, 0)
-        {
-            ToolListPolicy = scan.Method == McpMethod.ToolsList ? server.Policy : null,
-            HasDecision = decided,
-            Charges = decided ? DecisionEngine.CopyCharges(decision) : null,
-            AuditId = auditId,
-        };
+        var toolListPolicy = scan.Method == McpMethod.ToolsList ? server.Policy : null;
 
         StatelessExchange exchange;
         try
@@ -97,7 +88,7 @@ internal sealed class StatelessEndpoint(Gateway gateway, ILogger logger)
                 ticket = audit.RecordCompletion(auditId, AuditOutcome.Unavailable, ErrorCodes.UpstreamUnavailable);
             }
             await audit.WhenWrittenAsync(ticket).ConfigureAwait(false);
-            await WriteJsonAsync(context, JsonRpcResponses.Error(pending.RawId, ErrorCodes.UpstreamUnavailable, SessionMessages.Unavailable(server.Name, ex.Message)),
+            await WriteJsonAsync(context, JsonRpcResponses.Error(rawIdToken.ToArray(), ErrorCodes.UpstreamUnavailable, SessionMessages.Unavailable(server.Name, ex.Message)),
                 StatusCodes.Status502BadGateway).ConfigureAwait(false);
             return;
         }
@@ -125,8 +116,18 @@ internal sealed class StatelessEndpoint(Gateway gateway, ILogger logger)
                     long ticket = 0;
                     if (answerScan.Kind is JsonRpcMessageKind.Response or JsonRpcMessageKind.ErrorResponse)
                     {
-                        outgoing = Answers.Review(Engine, server.Name, pending, message, answerScan, out ticket);
-                        answered = true;
+                        if (!answered)
+                        {
+                            if (answerScan.Kind == JsonRpcMessageKind.ErrorResponse)
+                            {
+                                Engine.Decisions.Refund(ref decision);
+                            }
+                            ticket = Answers.Complete(Engine, auditId, message, answerScan);
+                            answered = true;
+                        }
+                        // An id split across body segments is rare (ids are short): only then is it copied.
+                        outgoing = Answers.Reshape(Engine, server.Name, toolListPolicy,
+                            rawIdToken.IsSingleSegment ? rawIdToken.FirstSpan : rawIdToken.ToArray(), message, answerScan);
                     }
                     await audit.WhenWrittenAsync(ticket).ConfigureAwait(false);
                     if (exchange.IsEventStream)

@@ -55,6 +55,17 @@ post '{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","arg
 post '{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","arguments":{"message":"third"}}}' | grep -q '"code":-32011'
 echo "gateway smoke test passed: allowed, hidden, denied and rate-limited calls behave through the AOT binary"
 
+# SIGHUP reloads (a config_reload event) and never ends the process.
+kill -HUP $pid
+for _ in $(seq 1 100); do
+  grep -q '"type":"config_reload"' "$work/audit/audit.jsonl" 2>/dev/null && break
+  sleep 0.05
+done
+kill -0 $pid 2>/dev/null || { cat "$work/log"; echo "SIGHUP ended the gateway" >&2; exit 1; }
+grep '"type":"config_reload"' "$work/audit/audit.jsonl" | grep -q '"result":"applied"' || { cat "$work/log"; echo "SIGHUP did not reload" >&2; exit 1; }
+post '{"jsonrpc":"2.0","id":7,"method":"tools/list"}' | grep -q '"name":"echo"' || { echo "no answer after the reload" >&2; exit 1; }
+echo "reload smoke test passed: SIGHUP reloaded (config_reload applied) and the gateway kept serving"
+
 # The audit trail: SIGTERM drains it (audit_stop), every decision is one event, and the chain verifies.
 kill -TERM $pid
 wait $pid || true
@@ -65,3 +76,16 @@ grep '"requestId":4' "$audit" | grep -q '"decision":"deny"' || { echo "the denie
 grep '"requestId":3' "$audit" | grep -q '"outcome":"ok"' || { echo "the allowed call has no outcome in the audit trail" >&2; exit 1; }
 "$bin" audit verify --strict "$audit"
 echo "audit smoke test passed: 4 decisions recorded, drained on SIGTERM, chain verified by the AOT binary"
+
+# sidecar wrap: the same policy over stdin/stdout, stdout only MCP, its own audit trail.
+wrapped=$(printf '%s\n' \
+  '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"smoke","version":"1"}}}' \
+  '{"jsonrpc":"2.0","method":"notifications/initialized"}' \
+  '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"message":"wrapped"}}}' \
+  '{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"get-env","arguments":{}}}' \
+  | "$bin" wrap -c "$work/policy.json" --audit "$work/wrap.jsonl" -- node "$fixtures/node_modules/@modelcontextprotocol/server-everything/dist/index.js" stdio 2>"$work/wrap.log")
+grep -q 'Echo: wrapped' <<<"$wrapped" || { echo "$wrapped"; cat "$work/wrap.log"; echo "wrap did not forward the allowed call" >&2; exit 1; }
+grep '"id":3' <<<"$wrapped" | grep -q '"code":-32010' || { echo "$wrapped"; echo "wrap did not deny the hidden tool" >&2; exit 1; }
+if grep -qv '^{"' <<<"$wrapped"; then echo "$wrapped"; echo "wrap wrote something other than JSON-RPC to stdout" >&2; exit 1; fi
+"$bin" audit verify --strict "$work/wrap.jsonl"
+echo "wrap smoke test passed: allowed and denied calls over stdio through the AOT binary, its trail verified"

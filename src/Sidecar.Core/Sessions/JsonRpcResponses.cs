@@ -18,12 +18,7 @@ internal static class JsonRpcResponses
         var buffer = new ArrayBufferWriter<byte>(256);
         using (var writer = new Utf8JsonWriter(buffer, s_writerOptions))
         {
-            writer.WriteStartObject();
-            writer.WriteString("jsonrpc"u8, "2.0"u8);
-            WriteId(writer, rawId);
-            writer.WriteStartObject("error"u8);
-            writer.WriteNumber("code"u8, code);
-            writer.WriteString("message"u8, message);
+            StartError(writer, rawId, code, message);
             writer.WriteEndObject();
             writer.WriteEndObject();
         }
@@ -39,12 +34,7 @@ internal static class JsonRpcResponses
         var buffer = new ArrayBufferWriter<byte>(256);
         using (var writer = new Utf8JsonWriter(buffer, s_writerOptions))
         {
-            writer.WriteStartObject();
-            writer.WriteString("jsonrpc"u8, "2.0"u8);
-            writer.WriteNull("id"u8);
-            writer.WriteStartObject("error"u8);
-            writer.WriteNumber("code"u8, ErrorCodes.Overloaded);
-            writer.WriteString("message"u8, $"Sidecar is overloaded: {maxInFlight} requests are in flight (limits.maxInFlight); retry later");
+            StartError(writer, default, ErrorCodes.Overloaded, $"Sidecar is overloaded: {maxInFlight} requests are in flight (limits.maxInFlight); retry later");
             writer.WriteStartObject("data"u8);
             writer.WriteString("reason"u8, "overloaded"u8);
             writer.WriteNumber("retryAfterMs"u8, 1000);
@@ -65,12 +55,7 @@ internal static class JsonRpcResponses
         var buffer = new ArrayBufferWriter<byte>(384);
         using (var writer = new Utf8JsonWriter(buffer, s_writerOptions))
         {
-            writer.WriteStartObject();
-            writer.WriteString("jsonrpc"u8, "2.0"u8);
-            WriteId(writer, rawId);
-            writer.WriteStartObject("error"u8);
-            writer.WriteNumber("code"u8, ErrorCodes.Overloaded);
-            writer.WriteString("message"u8, $"Tool \"{tool}\" was not called: the audit trail is behind and no call goes unrecorded (audit.onFull: shed); retry in {retryAfterMs} ms");
+            StartError(writer, rawId, ErrorCodes.Overloaded, $"Tool \"{tool}\" was not called: the audit trail is behind and no call goes unrecorded (audit.onFull: shed); retry in {retryAfterMs} ms");
             writer.WriteStartObject("data"u8);
             writer.WriteString("tool"u8, tool);
             writer.WriteString("server"u8, server);
@@ -164,12 +149,7 @@ internal static class JsonRpcResponses
         var buffer = new ArrayBufferWriter<byte>(256);
         using (var writer = new Utf8JsonWriter(buffer, s_writerOptions))
         {
-            writer.WriteStartObject();
-            writer.WriteString("jsonrpc"u8, "2.0"u8);
-            WriteId(writer, rawId);
-            writer.WriteStartObject("error"u8);
-            writer.WriteNumber("code"u8, ErrorCodes.UnsupportedProtocolVersion);
-            writer.WriteString("message"u8, $"Unsupported protocol version {McpProtocol.V20260728}: this gateway serves MCP sessions (initialize)");
+            StartError(writer, rawId, ErrorCodes.UnsupportedProtocolVersion, $"Unsupported protocol version {McpProtocol.V20260728}: this gateway serves MCP sessions (initialize)");
             writer.WriteStartObject("data"u8);
             writer.WriteStartArray("supported"u8);
             foreach (var version in McpProtocol.SessionVersions)
@@ -234,6 +214,17 @@ internal static class JsonRpcResponses
         rawId.CopyTo(result.AsSpan(idStart));
         message[(idStart + idLength)..].CopyTo(result.AsSpan(idStart + rawId.Length));
         return result;
+    }
+
+    /// <summary>Writes <c>{"jsonrpc":"2.0","id":ID,"error":{"code":C,"message":M</c>: the caller adds <c>data</c> if any and closes both objects.</summary>
+    private static void StartError(Utf8JsonWriter writer, ReadOnlySpan<byte> rawId, int code, string message)
+    {
+        writer.WriteStartObject();
+        writer.WriteString("jsonrpc"u8, "2.0"u8);
+        WriteId(writer, rawId);
+        writer.WriteStartObject("error"u8);
+        writer.WriteNumber("code"u8, code);
+        writer.WriteString("message"u8, message);
     }
 
     private static void WriteId(Utf8JsonWriter writer, ReadOnlySpan<byte> rawId)

@@ -26,6 +26,12 @@ public sealed record SidecarConfig(
     AuditConfig Audit)
 {
     public const string DefaultListen = "127.0.0.1:8787";
+
+    /// <summary><c>identities</c>; null: every agent is anonymous and each server's own <c>policy</c> applies.</summary>
+    public IdentitiesConfig? Identities { get; init; }
+
+    /// <summary><c>grants</c>: by name.</summary>
+    public IReadOnlyDictionary<string, GrantConfig> Grants { get; init; } = new Dictionary<string, GrantConfig>();
 }
 
 /// <summary>Bounds on what the gateway accepts and how long it waits.</summary>
@@ -47,6 +53,12 @@ public sealed record GatewayLimits(
 
     /// <summary><c>limits.maxSessionsPerServer</c>; null: <see cref="DefaultMaxStdioSessions"/> or <see cref="DefaultMaxHttpSessions"/> by transport.</summary>
     public int? MaxSessionsPerServer { get; init; }
+
+    /// <summary>The default <see cref="MaxSessionsPerIdentity"/>.</summary>
+    public const int DefaultMaxSessionsPerIdentity = 32;
+
+    /// <summary><c>limits.maxSessionsPerIdentity</c>: sessions one identity may hold open (anonymous agents are not counted).</summary>
+    public int MaxSessionsPerIdentity { get; init; } = DefaultMaxSessionsPerIdentity;
 
     /// <summary>The session cap of one server.</summary>
     public int SessionsPerServer(UpstreamTransport transport)

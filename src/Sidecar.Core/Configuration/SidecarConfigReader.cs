@@ -10,7 +10,7 @@ namespace Sidecar.Configuration;
 /// </summary>
 public static class SidecarConfigReader
 {
-    private const string TopFields = "listen, mcpServers, policy, blockedCalls, limits, allowedOrigins, allowedHosts, audit";
+    private const string TopFields = "listen, mcpServers, policy, blockedCalls, limits, allowedOrigins, allowedHosts, audit, identities, grants";
     private const string ServerFields = "command, args, env, cwd, url, transport, headers, policy, type, description";
 
     public static SidecarConfig LoadFile(string path, Func<string, string?>? environment = null)
@@ -111,6 +111,13 @@ public static class SidecarConfigReader
             ? AuditConfigReader.Read(auditNode, baseDirectory, environment, diagnostics)
             : AuditConfig.Default;
 
+        var grants = members.Take("grants") is { } grantsNode
+            ? IdentitiesConfigReader.ReadGrants(grantsNode, baseDirectory, servers, diagnostics)
+            : new Dictionary<string, GrantConfig>();
+        var identities = members.Take("identities") is { } identitiesNode
+            ? IdentitiesConfigReader.ReadIdentities(identitiesNode, grants, diagnostics)
+            : null;
+
         members.ReportUnknown(TopFields);
 
         T Invalid<T>(ConfigNode node, string message, T fallback)
@@ -121,7 +128,7 @@ public static class SidecarConfigReader
 
         return diagnostics.Items.Count > errorsBefore
             ? null
-            : new SidecarConfig(file, listen, servers, topPolicy, blocked, limits, origins, hosts, audit);
+            : new SidecarConfig(file, listen, servers, topPolicy, blocked, limits, origins, hosts, audit) { Identities = identities, Grants = grants };
     }
 
     private static ServerConfig? ReadServer(string name, ConfigNode node, string baseDirectory, string? topPolicy,
@@ -248,7 +255,11 @@ public static class SidecarConfigReader
         {
             limits = limits with { MaxSessionsPerServer = ReadCount(perServer, "maxSessionsPerServer", 1, diagnostics) };
         }
-        members.ReportUnknown("maxMessageBytes, upstreamTimeout, connectTimeout, maxSessions, maxSessionsPerServer, sessionIdleTimeout, maxInFlight");
+        limits = limits with
+        {
+            MaxSessionsPerIdentity = ReadCount(members.Take("maxSessionsPerIdentity"), "maxSessionsPerIdentity", limits.MaxSessionsPerIdentity, diagnostics),
+        };
+        members.ReportUnknown("maxMessageBytes, upstreamTimeout, connectTimeout, maxSessions, maxSessionsPerServer, maxSessionsPerIdentity, sessionIdleTimeout, maxInFlight");
         return limits;
     }
 

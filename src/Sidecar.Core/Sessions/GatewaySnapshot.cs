@@ -1,5 +1,6 @@
 using System.Collections.Frozen;
 using Sidecar.Configuration;
+using Sidecar.Identity;
 using Sidecar.JsonRpc;
 using Sidecar.Policy;
 using Sidecar.Upstreams;
@@ -26,7 +27,11 @@ internal sealed class GatewaySnapshot
         Version = version;
         Options = new GatewayOptions(config.Limits, config.BlockedCalls);
         Origins = new OriginGuard(config.AllowedHosts, config.AllowedOrigins);
+        Identities = new IdentityResolver(config.Identities);
     }
+
+    /// <summary>Who may call (<c>identities</c>); <see cref="IdentityResolver.Required"/> is false when every agent is anonymous.</summary>
+    public IdentityResolver Identities { get; }
 
     public SidecarConfig Config { get; }
     public FrozenDictionary<string, ServerState> Servers { get; }
@@ -53,14 +58,25 @@ internal sealed class GatewaySnapshot
     }
 }
 
-/// <summary>One upstream server in a snapshot: its definition, its compiled policy and the connector new sessions use.</summary>
-internal sealed class ServerState(ServerConfig config, PolicyModel policy, UpstreamHandle upstream, int maxSessions)
+/// <summary>One upstream server in a snapshot: its definition, its compiled policies and the connector new sessions use.</summary>
+internal sealed class ServerState(ServerConfig config, PolicyModel policy, UpstreamHandle upstream, int maxSessions,
+    FrozenDictionary<string, PolicyModel>? grantPolicies = null)
 {
+    private readonly FrozenDictionary<string, PolicyModel> _grantPolicies = grantPolicies ?? FrozenDictionary<string, PolicyModel>.Empty;
+
     public string Name => Config.Name;
     public ServerConfig Config { get; } = config;
 
-    /// <summary>The compiled policy: read once per decision, replaced only by a new snapshot.</summary>
+    /// <summary>The compiled policy for anonymous callers (the server's own <c>policy</c>): replaced only by a new snapshot.</summary>
     public PolicyModel Policy { get; } = policy;
+
+    /// <summary>
+    /// The policy <paramref name="caller"/>'s grant gives this server: the grant's <c>policies[server]</c>, else
+    /// <c>policies["*"]</c>, else one that denies everything (compiled with the snapshot, so this is one lookup).
+    /// An anonymous caller gets <see cref="Policy"/>.
+    /// </summary>
+    public PolicyModel PolicyFor(in Caller caller)
+        => caller.Grant is null ? Policy : _grantPolicies.GetValueOrDefault(caller.Grant) ?? Policy;
 
     /// <summary>Opens upstream sessions; shared with the next snapshot while the server's definition is unchanged.</summary>
     public UpstreamHandle Upstream { get; } = upstream;

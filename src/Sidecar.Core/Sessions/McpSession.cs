@@ -3,6 +3,7 @@ using System.Collections.Concurrent;
 using System.Threading.Channels;
 using Sidecar.Audit;
 using Sidecar.Decisions;
+using Sidecar.Identity;
 using Sidecar.JsonRpc;
 using Sidecar.Protocol;
 using Sidecar.Upstreams;
@@ -48,14 +49,18 @@ internal sealed partial class McpSession : IAsyncDisposable
     private long _lastActivity = Environment.TickCount64;
     private int _disposed;
 
-    public McpSession(string id, SessionEngine engine, ServerState server, SessionTransport transport)
+    public McpSession(string id, SessionEngine engine, ServerState server, SessionTransport transport, Caller caller = default)
     {
         Id = id;
         _engine = engine;
         _server = server;
         Transport = transport;
+        Caller = caller;
         server.Upstream.Retain();
     }
+
+    /// <summary>Who opened the session: it belongs to that identity (another one, or none, cannot use its id).</summary>
+    public Caller Caller { get; }
 
     public string Id { get; }
 
@@ -94,7 +99,7 @@ internal sealed partial class McpSession : IAsyncDisposable
     /// <paramref name="snapshot"/>. Returns true when a response for it will be written to <paramref name="sink"/> (at
     /// once for a blocked call or an error, later for a forwarded request).
     /// </summary>
-    internal async ValueTask<bool> ProcessAsync(GatewaySnapshot snapshot, ReadOnlySequence<byte> message, JsonRpcScan scan, MessageSink sink,
+    internal async ValueTask<bool> ProcessAsync(GatewaySnapshot snapshot, Caller caller, ReadOnlySequence<byte> message, JsonRpcScan scan, MessageSink sink,
         CancellationToken cancellationToken)
     {
         Interlocked.Exchange(ref _lastActivity, Environment.TickCount64);
@@ -108,13 +113,13 @@ internal sealed partial class McpSession : IAsyncDisposable
                 await ForwardAsync(snapshot, message, cancellationToken).ConfigureAwait(false);
                 return false;
             case JsonRpcMessageKind.Request:
-                return await ProcessRequestAsync(snapshot, message, scan, sink, cancellationToken).ConfigureAwait(false);
+                return await ProcessRequestAsync(snapshot, caller, message, scan, sink, cancellationToken).ConfigureAwait(false);
             default:
                 return false;
         }
     }
 
-    private async ValueTask<bool> ProcessRequestAsync(GatewaySnapshot snapshot, ReadOnlySequence<byte> message, JsonRpcScan scan, MessageSink sink,
+    private async ValueTask<bool> ProcessRequestAsync(GatewaySnapshot snapshot, Caller caller, ReadOnlySequence<byte> message, JsonRpcScan scan, MessageSink sink,
         CancellationToken cancellationToken)
     {
         var rawId = message.Slice(scan.Id.Start, scan.Id.Length).ToArray();
@@ -142,7 +147,7 @@ internal sealed partial class McpSession : IAsyncDisposable
         switch (scan.Method)
         {
             case McpMethod.ToolsCall:
-                var verdict = _engine.Calls.Decide(current, snapshot.Options, message, scan, new CallContext(null, null, Id),
+                var verdict = _engine.Calls.Decide(current, caller, snapshot.Options, message, scan, new CallContext(caller.Identity, caller.Grant, Id),
                     new ReadOnlySequence<byte>(rawId), out decision, out tool, out auditId, out var ticket);
                 if (verdict is CallVerdict.Blocked or CallVerdict.AuditBacklog)
                 {
@@ -161,7 +166,7 @@ internal sealed partial class McpSession : IAsyncDisposable
 
         var pending = new PendingRequest(key, rawId, sink, Interlocked.Increment(ref _correlation))
         {
-            ToolListPolicy = scan.Method == McpMethod.ToolsList ? current.Policy : null,
+            ToolListPolicy = scan.Method == McpMethod.ToolsList ? current.PolicyFor(caller) : null,
             IsInitialize = scan.Method == McpMethod.Initialize,
             Tool = tool,
             HasDecision = hasDecision,

@@ -6,6 +6,7 @@ using Microsoft.Extensions.Logging;
 using Sidecar.Audit;
 using Sidecar.Configuration;
 using Sidecar.Decisions;
+using Sidecar.Identity;
 using Sidecar.JsonRpc;
 using Sidecar.Protocol;
 using Sidecar.RateLimiting;
@@ -26,7 +27,7 @@ internal enum RefusalKind : byte
 internal readonly record struct Refusal(RefusalKind Kind, int Code, string Message, byte[]? RawId = null);
 
 /// <summary>The result of opening a session.</summary>
-internal enum SessionOpen : byte { Opened, GatewayFull, ServerFull }
+internal enum SessionOpen : byte { Opened, GatewayFull, ServerFull, IdentityFull }
 
 /// <summary>
 /// The transport-neutral session engine: the live <see cref="GatewaySnapshot"/>, the agent sessions, and every rule
@@ -41,6 +42,8 @@ internal sealed partial class SessionEngine : IAsyncDisposable
 
     private readonly ConcurrentDictionary<string, McpSession> _sessions = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, StrongBox<int>> _perServer = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, StrongBox<int>> _perIdentity = new(StringComparer.Ordinal);
+    private long _authFailures;
     private readonly Timer _heartbeat;
     private volatile GatewaySnapshot _snapshot;
     private int _sessionCount;
@@ -90,7 +93,7 @@ internal sealed partial class SessionEngine : IAsyncDisposable
     /// Opens a session on <paramref name="server"/> unless the gateway holds <c>limits.maxSessions</c> or the server its
     /// <c>limits.maxSessionsPerServer</c> (the caller answers 503 with <c>Retry-After</c>; existing sessions are untouched).
     /// </summary>
-    public SessionOpen TryOpen(GatewaySnapshot snapshot, ServerState server, SessionTransport transport, out McpSession? session)
+    public SessionOpen TryOpen(GatewaySnapshot snapshot, ServerState server, SessionTransport transport, out McpSession? session, Caller caller = default)
     {
         session = null;
         if (Volatile.Read(ref _stopping))
@@ -114,16 +117,53 @@ internal sealed partial class SessionEngine : IAsyncDisposable
             Log.SessionsFull(server.Name, SessionCountOf(server.Name), $"limits.maxSessionsPerServer is {server.MaxSessions} for this server");
             return SessionOpen.ServerFull;
         }
-        session = new McpSession(NewSessionId(), this, server, transport);
+        if (caller.Identity is { } identity)
+        {
+            var perIdentity = _perIdentity.GetOrAdd(identity, static _ => new StrongBox<int>());
+            var maxPerIdentity = snapshot.Options.Limits.MaxSessionsPerIdentity;
+            if (Interlocked.Increment(ref perIdentity.Value) > maxPerIdentity)
+            {
+                Interlocked.Decrement(ref perIdentity.Value);
+                Interlocked.Decrement(ref perServer.Value);
+                Interlocked.Decrement(ref _sessionCount);
+                Interlocked.Increment(ref _sessionsRefused);
+                Log.SessionsFull(server.Name, Volatile.Read(ref perIdentity.Value), $"limits.maxSessionsPerIdentity is {maxPerIdentity} for identity {identity}");
+                return SessionOpen.IdentityFull;
+            }
+        }
+        session = new McpSession(NewSessionId(), this, server, transport, caller);
         _sessions[session.Id] = session;
         return SessionOpen.Opened;
     }
 
-    /// <summary>The open session <paramref name="id"/> of <paramref name="server"/> reached over <paramref name="transport"/>; null otherwise.</summary>
-    public McpSession? Find(string server, string id, SessionTransport transport)
+    /// <summary>
+    /// The open session <paramref name="id"/> of <paramref name="server"/> reached over <paramref name="transport"/> by
+    /// the identity that opened it; null otherwise: another identity (or none) on a session's id finds nothing.
+    /// </summary>
+    public McpSession? Find(string server, string id, SessionTransport transport, string? identity = null)
         => _sessions.TryGetValue(id, out var session) && session.ServerName == server && session.Transport == transport && !session.IsDisposed
+           && string.Equals(session.Caller.Identity, identity, StringComparison.Ordinal)
             ? session
             : null;
+
+    /// <summary>Agent requests refused for their credentials since start.</summary>
+    public long AuthFailures => Interlocked.Read(ref _authFailures);
+
+    /// <summary>
+    /// Counts, logs and audits (<c>auth_failure</c>) a request refused for its credentials. Only the reason, the
+    /// server and the peer's address are kept: never any of the token.
+    /// </summary>
+    public void RecordAuthFailure(string? server, string reason, string? remote)
+    {
+        Interlocked.Increment(ref _authFailures);
+        Log.AuthFailure(server ?? "", reason, remote ?? "");
+        Audit.Notify(new AuditNotice("auth_failure", json =>
+        {
+            json.WriteString("reason"u8, reason);
+            json.WriteString("server"u8, server);
+            json.WriteString("remote"u8, remote);
+        }));
+    }
 
     /// <summary>Called once by a session as it closes.</summary>
     internal void Forget(McpSession session)
@@ -134,6 +174,10 @@ internal sealed partial class SessionEngine : IAsyncDisposable
             if (_perServer.TryGetValue(session.ServerName, out var count))
             {
                 Interlocked.Decrement(ref count.Value);
+            }
+            if (session.Caller.Identity is { } identity && _perIdentity.TryGetValue(identity, out var perIdentity))
+            {
+                Interlocked.Decrement(ref perIdentity.Value);
             }
         }
     }
@@ -175,12 +219,20 @@ internal sealed partial class SessionEngine : IAsyncDisposable
     /// a single message, or a batch element by element (only in a session that negotiated 2025-03-26; later versions
     /// removed batches and get a refusal). Returns how many responses will be written to <paramref name="sink"/>.
     /// </summary>
-    public async ValueTask<(int Expected, Refusal? Refused)> ReceiveAsync(GatewaySnapshot snapshot, McpSession session, ReadOnlySequence<byte> body,
+    public ValueTask<(int Expected, Refusal? Refused)> ReceiveAsync(GatewaySnapshot snapshot, McpSession session, ReadOnlySequence<byte> body,
         JsonRpcScan scan, MessageSink sink, CancellationToken cancellationToken)
+        => ReceiveAsync(snapshot, session, session.Caller, body, scan, sink, cancellationToken);
+
+    /// <summary>
+    /// As above, for a request of <paramref name="caller"/> (the session's identity, with the grant the current
+    /// snapshot gives it).
+    /// </summary>
+    public async ValueTask<(int Expected, Refusal? Refused)> ReceiveAsync(GatewaySnapshot snapshot, McpSession session, Caller caller,
+        ReadOnlySequence<byte> body, JsonRpcScan scan, MessageSink sink, CancellationToken cancellationToken)
     {
         if (scan.Kind != JsonRpcMessageKind.Batch)
         {
-            return (await session.ProcessAsync(snapshot, body, scan, sink, cancellationToken).ConfigureAwait(false) ? 1 : 0, null);
+            return (await session.ProcessAsync(snapshot, caller, body, scan, sink, cancellationToken).ConfigureAwait(false) ? 1 : 0, null);
         }
         if (!McpProtocol.AllowsBatches(session.ProtocolVersion))
         {
@@ -190,7 +242,7 @@ internal sealed partial class SessionEngine : IAsyncDisposable
         foreach (var range in BatchRanges(body))
         {
             var element = body.Slice(range.Start, range.Length);
-            expected += await ReceiveElementAsync(snapshot, session, element, sink, cancellationToken).ConfigureAwait(false) ? 1 : 0;
+            expected += await ReceiveElementAsync(snapshot, session, caller, element, sink, cancellationToken).ConfigureAwait(false) ? 1 : 0;
         }
         return (expected, null);
     }
@@ -206,8 +258,8 @@ internal sealed partial class SessionEngine : IAsyncDisposable
         return ranges;
     }
 
-    private async ValueTask<bool> ReceiveElementAsync(GatewaySnapshot snapshot, McpSession session, ReadOnlySequence<byte> element, MessageSink sink,
-        CancellationToken cancellationToken)
+    private async ValueTask<bool> ReceiveElementAsync(GatewaySnapshot snapshot, McpSession session, Caller caller, ReadOnlySequence<byte> element,
+        MessageSink sink, CancellationToken cancellationToken)
     {
         var status = JsonRpcScanner.Scan(element, out var scan, snapshot.Options.Scanner);
         if (status != ScanStatus.Ok && !(status == ScanStatus.InvalidParams && scan.Kind == JsonRpcMessageKind.Request))
@@ -226,7 +278,7 @@ internal sealed partial class SessionEngine : IAsyncDisposable
             Log.CallAsNotification(session.ServerName);
             return false;
         }
-        return await session.ProcessAsync(snapshot, element, scan, sink, cancellationToken).ConfigureAwait(false);
+        return await session.ProcessAsync(snapshot, caller, element, scan, sink, cancellationToken).ConfigureAwait(false);
     }
 
     private static int ScanErrorCode(ScanStatus status) => status switch

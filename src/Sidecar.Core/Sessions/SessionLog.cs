@@ -52,6 +52,9 @@ internal sealed partial class SessionLog(ILogger logger)
     [LoggerMessage(Level = LogLevel.Warning, Message = "Refused a new session for {Server}: {Open} sessions are open ({Limit})")]
     public partial void SessionsFull(string server, int open, string limit);
 
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Refused a request to {Server} from {Remote}: {Reason} (HTTP 401)")]
+    public partial void AuthFailure(string server, string reason, string remote);
+
     [LoggerMessage(Level = LogLevel.Information, Message = "Closing idle session {Session} of {Server}")]
     public partial void IdleSession(string session, string server);
 

@@ -35,6 +35,9 @@ internal static class SnapshotBuilder
     {
         var problems = new List<Diagnostic>();
         var policies = new Dictionary<string, PolicyModel>(StringComparer.Ordinal);
+        var grantPolicies = new Dictionary<string, Dictionary<string, PolicyModel>>(StringComparer.Ordinal);
+        var compiled = new Dictionary<(string Server, string File), PolicyModel>();
+        var failed = new HashSet<string>(StringComparer.Ordinal); // a broken grant policy is reported once, not once per server
         foreach (var server in config.Servers)
         {
             try
@@ -44,6 +47,26 @@ internal static class SnapshotBuilder
             catch (ConfigValidationException ex)
             {
                 problems.AddRange(ex.Diagnostics);
+            }
+            var perGrant = grantPolicies[server.Name] = new Dictionary<string, PolicyModel>(StringComparer.Ordinal);
+            foreach (var (name, grant) in config.Grants)
+            {
+                var file = grant.PolicyFor(server.Name);
+                try
+                {
+                    perGrant[name] = file is null
+                        ? DenyAll(server.Name, $"grant {name} has no policy for server {server.Name}: everything is denied")
+                        : compiled.TryGetValue((server.Name, file), out var model) ? model
+                        : compiled[(server.Name, file)] = PolicyCompiler.LoadFile(file, server.Name);
+                }
+                catch (ConfigValidationException ex) when (failed.Add(file!))
+                {
+                    problems.AddRange(ex.Diagnostics);
+                }
+                catch (ConfigValidationException)
+                {
+                    // Already reported for another server.
+                }
             }
         }
         if (previous is not null && previous.Config.Listen != config.Listen)
@@ -64,7 +87,8 @@ internal static class SnapshotBuilder
             var upstream = old is not null && old.Config.SameUpstream(server) && previous!.Config.Limits == config.Limits
                 ? old.Upstream
                 : new UpstreamHandle(UpstreamConnectors.Create(server, config.Limits, loggers));
-            servers[server.Name] = new ServerState(server, policies[server.Name], upstream, config.Limits.SessionsPerServer(server.Transport));
+            servers[server.Name] = new ServerState(server, policies[server.Name], upstream, config.Limits.SessionsPerServer(server.Transport),
+                grantPolicies[server.Name].ToFrozenDictionary(StringComparer.Ordinal));
         }
         return new GatewaySnapshot(config, servers.ToFrozenDictionary(StringComparer.Ordinal), (previous?.Version ?? 0) + 1);
     }
@@ -75,12 +99,15 @@ internal static class SnapshotBuilder
     /// </summary>
     public static PolicyModel LoadPolicy(ServerConfig server)
     {
-        if (server.PolicyPath is null)
-        {
-            var diagnostics = new DiagnosticBag();
-            var json = $$"""{ "version": "1", "default": "deny", "description": "no policy configured for server {{server.Name}}: everything is denied" }""";
-            return PolicyCompiler.Load(Encoding.UTF8.GetBytes(json), server.Name, diagnostics)!;
-        }
-        return PolicyCompiler.LoadFile(server.PolicyPath, server.Name);
+        return server.PolicyPath is null
+            ? DenyAll(server.Name, $"no policy configured for server {server.Name}: everything is denied")
+            : PolicyCompiler.LoadFile(server.PolicyPath, server.Name);
+    }
+
+    /// <summary>A policy that denies every tool (fail closed), saying why in its description.</summary>
+    private static PolicyModel DenyAll(string server, string why)
+    {
+        var json = $$"""{ "version": "1", "default": "deny", "description": "{{System.Text.Json.JsonEncodedText.Encode(why)}}" }""";
+        return PolicyCompiler.Load(Encoding.UTF8.GetBytes(json), server, new DiagnosticBag())!;
     }
 }

@@ -3,6 +3,7 @@ using System.Text.Json;
 using Sidecar.Audit;
 using Sidecar.Configuration;
 using Sidecar.Decisions;
+using Sidecar.Identity;
 using Sidecar.JsonRpc;
 
 namespace Sidecar.Sessions;
@@ -28,14 +29,14 @@ internal sealed class ToolCalls(DecisionEngine decisions, AuditRecorder audit, S
 {
     /// <summary>
     /// Decides a scanned <c>tools/call</c> against <paramref name="server"/>'s policy and records the decision in the
-    /// audit trail. For <see cref="CallVerdict.Forward"/> and <see cref="CallVerdict.Shadow"/>,
+    /// audit trail, under the policy <paramref name="caller"/>'s grant gives the server. For <see cref="CallVerdict.Forward"/> and <see cref="CallVerdict.Shadow"/>,
     /// <paramref name="auditId"/> is what <see cref="AuditRecorder.RecordCompletion"/> takes once the call ends; for
     /// <see cref="CallVerdict.Blocked"/>, <paramref name="ticket"/> is what the answer waits for
     /// (<see cref="AuditRecorder.WhenWrittenAsync"/>). A call whose record found no room is refused when
     /// <c>audit.onFull</c> is <c>shed</c>, its tokens given back. <paramref name="tool"/> names the call unless it is
     /// forwarded. Allocation-free for an allowed call.
     /// </summary>
-    public CallVerdict Decide(ServerState server, GatewayOptions options, ReadOnlySequence<byte> message, in JsonRpcScan scan, in CallContext context,
+    public CallVerdict Decide(ServerState server, in Caller caller, GatewayOptions options, ReadOnlySequence<byte> message, in JsonRpcScan scan, in CallContext context,
         in ReadOnlySequence<byte> rawId, out Decision decision, out string? tool, out long auditId, out long ticket)
     {
         Span<char> stackName = stackalloc char[128];
@@ -52,7 +53,7 @@ internal sealed class ToolCalls(DecisionEngine decisions, AuditRecorder audit, S
 
         var arguments = scan.Arguments.IsEmpty ? default : message.Slice(scan.Arguments.Start, scan.Arguments.Length);
         var reader = scan.Arguments.IsEmpty ? new Utf8JsonReader(DecisionEngine.NoArguments) : new Utf8JsonReader(arguments);
-        decisions.Decide(server.Policy, context, name, reader, approved: false, out decision);
+        decisions.Decide(server.PolicyFor(caller), context, name, reader, approved: false, out decision);
         // An id split across body segments is rare (ids are short): only then is it copied.
         var id = rawId.IsSingleSegment ? rawId.FirstSpan : rawId.ToArray();
         var forwarded = !decision.Blocks;

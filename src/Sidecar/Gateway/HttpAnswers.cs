@@ -276,9 +276,12 @@ internal static class HttpAnswers
     public static Task WriteSessionsFullAsync(HttpContext context, SessionOpen result, GatewaySnapshot snapshot, ServerState server)
     {
         context.Response.Headers.RetryAfter = "5";
-        var message = result == SessionOpen.ServerFull
-            ? SessionMessages.SessionsFull($"limits.maxSessionsPerServer for \"{server.Name}\"", server.MaxSessions)
-            : SessionMessages.SessionsFull("limits.maxSessions", snapshot.Options.Limits.MaxSessions);
+        var message = result switch
+        {
+            SessionOpen.ServerFull => SessionMessages.SessionsFull($"limits.maxSessionsPerServer for \"{server.Name}\"", server.MaxSessions),
+            SessionOpen.IdentityFull => SessionMessages.SessionsFull("limits.maxSessionsPerIdentity for this identity", snapshot.Options.Limits.MaxSessionsPerIdentity),
+            _ => SessionMessages.SessionsFull("limits.maxSessions", snapshot.Options.Limits.MaxSessions),
+        };
         return WriteErrorAsync(context, StatusCodes.Status503ServiceUnavailable, ErrorCodes.ServerError, message);
     }
 

@@ -4,6 +4,7 @@ using System.Runtime.CompilerServices;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
 using Microsoft.Net.Http.Headers;
+using Sidecar.Identity;
 using Sidecar.Protocol;
 using Sidecar.Sessions;
 
@@ -18,9 +19,39 @@ internal static class HttpGuards
     /// <summary>An answer that ends a request early: HTTP status, JSON-RPC error code and message.</summary>
     public readonly record struct Refusal(int Status, int Code, string Message);
 
+    /// <summary>The <c>WWW-Authenticate</c> challenge of a 401 (RFC 6750).</summary>
+    public const string BearerChallenge = "Bearer";
+
     /// <summary>The request's snapshot, its server, or why not (<see cref="Resolve(HttpContext, GatewaySnapshot, bool, ILogger, out GatewaySnapshot, out Refusal)"/>).</summary>
-    public static ServerState? Resolve(HttpContext context, Gateway gateway, out GatewaySnapshot snapshot, out Refusal refused)
-        => Resolve(context, gateway.Engine.Current, gateway.ListeningOnLoopback, gateway.HttpLog, out snapshot, out refused);
+    public static ServerState? Resolve(HttpContext context, Gateway gateway, out GatewaySnapshot snapshot, out Caller caller, out Refusal refused)
+    {
+        var server = Resolve(context, gateway.Engine.Current, gateway.ListeningOnLoopback, gateway.HttpLog, out snapshot, out refused);
+        caller = Caller.Anonymous;
+        if (refused.Status != 0)
+        {
+            return null;
+        }
+        var status = snapshot.Identities.Resolve(context.Request.Headers.Authorization.Count switch
+        {
+            0 => [],
+            1 => [context.Request.Headers.Authorization[0]],
+            _ => context.Request.Headers.Authorization.ToArray(),
+        }, out caller);
+        if (status is AuthStatus.Anonymous or AuthStatus.Authenticated)
+        {
+            if (server is null)
+            {
+                refused = new Refusal(StatusCodes.Status404NotFound, ErrorCodes.ServerError, SessionMessages.UnknownServer(context.Request.RouteValues["name"] as string));
+            }
+            return server;
+        }
+        // Nothing reaches an upstream; the same answer whatever the server, so a caller learns nothing without a key.
+        var reason = IdentityResolver.Reason(status);
+        gateway.Engine.RecordAuthFailure(server?.Name, reason, context.Connection.RemoteIpAddress?.ToString());
+        context.Response.Headers.WWWAuthenticate = BearerChallenge;
+        refused = new Refusal(StatusCodes.Status401Unauthorized, ErrorCodes.ServerError, $"Unauthorized: {reason} (send Authorization: Bearer <key>)");
+        return null;
+    }
 
     /// <summary>
     /// Takes <paramref name="current"/> as the request's snapshot (it serves the whole request, whatever reloads
@@ -39,7 +70,9 @@ internal static class HttpGuards
         }
         var name = context.Request.RouteValues["name"] as string;
         var server = name is null ? null : snapshot.Find(name);
-        refused = server is null ? new Refusal(StatusCodes.Status404NotFound, ErrorCodes.ServerError, SessionMessages.UnknownServer(name)) : default;
+        refused = server is null && !snapshot.Identities.Required
+            ? new Refusal(StatusCodes.Status404NotFound, ErrorCodes.ServerError, SessionMessages.UnknownServer(name))
+            : default;
         return server;
     }
 

@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Text;
 using Microsoft.AspNetCore.Http;
+using Sidecar.Identity;
 using Sidecar.Protocol;
 using Sidecar.Sessions;
 using static Sidecar.Gateway.HttpAnswers;
@@ -18,12 +19,12 @@ internal sealed class LegacySseEndpoint(Gateway gateway)
 
     public async Task StreamAsync(HttpContext context)
     {
-        if (HttpGuards.Resolve(context, gateway, out var snapshot, out var refused) is not { } server)
+        if (HttpGuards.Resolve(context, gateway, out var snapshot, out var caller, out var refused) is not { } server)
         {
             await WriteErrorAsync(context, refused.Status, refused.Code, refused.Message).ConfigureAwait(false);
             return;
         }
-        var opened = Engine.TryOpen(snapshot, server, SessionTransport.LegacySse, out var session);
+        var opened = Engine.TryOpen(snapshot, server, SessionTransport.LegacySse, out var session, caller);
         if (opened != SessionOpen.Opened)
         {
             await WriteSessionsFullAsync(context, opened, snapshot, server).ConfigureAwait(false);
@@ -48,13 +49,13 @@ internal sealed class LegacySseEndpoint(Gateway gateway)
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask MessageCoreAsync(HttpContext context)
     {
-        if (HttpGuards.Resolve(context, gateway, out var snapshot, out var refused) is not { } server)
+        if (HttpGuards.Resolve(context, gateway, out var snapshot, out var caller, out var refused) is not { } server)
         {
             await WriteErrorAsync(context, refused.Status, refused.Code, refused.Message).ConfigureAwait(false);
             return;
         }
         var id = context.Request.Query["sessionId"];
-        if (id.Count != 1 || Engine.Find(server.Name, id[0]!, SessionTransport.LegacySse) is not { } session)
+        if (id.Count != 1 || Engine.Find(server.Name, id[0]!, SessionTransport.LegacySse, caller.Identity) is not { } session)
         {
             await WriteErrorAsync(context, StatusCodes.Status404NotFound, ErrorCodes.ServerError, SessionMessages.UnknownSession).ConfigureAwait(false);
             return;
@@ -66,7 +67,7 @@ internal sealed class LegacySseEndpoint(Gateway gateway)
         }
         try
         {
-            await InFlightAsync(context, snapshot, session).ConfigureAwait(false);
+            await InFlightAsync(context, snapshot, session, caller).ConfigureAwait(false);
         }
         finally
         {
@@ -75,7 +76,7 @@ internal sealed class LegacySseEndpoint(Gateway gateway)
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask InFlightAsync(HttpContext context, GatewaySnapshot snapshot, McpSession session)
+    private async ValueTask InFlightAsync(HttpContext context, GatewaySnapshot snapshot, McpSession session, Caller caller)
     {
         var read = await HttpGuards.ReadBodyAsync(context, snapshot.Options.Limits.MaxMessageBytes).ConfigureAwait(false);
         if (read.Error is not null)
@@ -93,7 +94,7 @@ internal sealed class LegacySseEndpoint(Gateway gateway)
             }
             // Answers go to the session's SSE stream: the POST itself is only acknowledged.
             var sink = session.StreamSink ?? new MessageSink(acceptsRelatedMessages: true);
-            var (_, batchRefused) = await Engine.ReceiveAsync(snapshot, session, body, scan, sink, context.RequestAborted).ConfigureAwait(false);
+            var (_, batchRefused) = await Engine.ReceiveAsync(snapshot, session, caller, body, scan, sink, context.RequestAborted).ConfigureAwait(false);
             if (batchRefused is { } batchRefusal)
             {
                 await WriteRefusalAsync(context, batchRefusal).ConfigureAwait(false);

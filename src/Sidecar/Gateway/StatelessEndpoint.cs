@@ -6,6 +6,7 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
 using Sidecar.Audit;
 using Sidecar.Decisions;
+using Sidecar.Identity;
 using Sidecar.JsonRpc;
 using Sidecar.Protocol;
 using Sidecar.Sessions;
@@ -26,7 +27,7 @@ internal sealed class StatelessEndpoint(Gateway gateway, ILogger logger)
 
     /// <summary>A POST with <c>MCP-Protocol-Version: 2026-07-28</c>: passed through, or refused when the upstream serves sessions.</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    public async ValueTask HandleAsync(HttpContext context, GatewaySnapshot snapshot, ServerState server, ReadOnlySequence<byte> body, JsonRpcScan scan)
+    public async ValueTask HandleAsync(HttpContext context, GatewaySnapshot snapshot, ServerState server, Caller caller, ReadOnlySequence<byte> body, JsonRpcScan scan)
     {
         if (server.Upstream.Connector is not IStatelessUpstream upstream || !await SpeaksStatelessAsync(upstream, context.RequestAborted).ConfigureAwait(false))
         {
@@ -61,7 +62,7 @@ internal sealed class StatelessEndpoint(Gateway gateway, ILogger logger)
         var decided = false;
         if (scan.Method == McpMethod.ToolsCall)
         {
-            var verdict = Engine.Calls.Decide(server, snapshot.Options, body, scan, default, rawIdToken, out decision, out var tool, out auditId, out var ticket);
+            var verdict = Engine.Calls.Decide(server, caller, snapshot.Options, body, scan, new CallContext(caller.Identity, caller.Grant, null), rawIdToken, out decision, out var tool, out auditId, out var ticket);
             if (verdict is CallVerdict.Blocked or CallVerdict.AuditBacklog)
             {
                 // A denial is an answer, not a transport failure: HTTP 200 with the JSON-RPC error.
@@ -72,7 +73,7 @@ internal sealed class StatelessEndpoint(Gateway gateway, ILogger logger)
             }
             decided = true;
         }
-        var toolListPolicy = scan.Method == McpMethod.ToolsList ? server.Policy : null;
+        var toolListPolicy = scan.Method == McpMethod.ToolsList ? server.PolicyFor(caller) : null;
 
         StatelessExchange exchange;
         try

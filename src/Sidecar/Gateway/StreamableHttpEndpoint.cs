@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Runtime.CompilerServices;
 using Microsoft.AspNetCore.Http;
+using Sidecar.Identity;
 using Sidecar.JsonRpc;
 using Sidecar.Protocol;
 using Sidecar.Sessions;
@@ -24,7 +25,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
     /// </summary>
     public Task PostAsync(HttpContext context)
     {
-        if (HttpGuards.Resolve(context, gateway, out var snapshot, out var refused) is not { } server)
+        if (HttpGuards.Resolve(context, gateway, out var snapshot, out var caller, out var refused) is not { } server)
         {
             return WriteErrorAsync(context, refused.Status, refused.Code, refused.Message);
         }
@@ -42,13 +43,13 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
         var read = HttpGuards.ReadBodyAsync(context, snapshot.Options.Limits.MaxMessageBytes);
         if (!read.IsCompletedSuccessfully)
         {
-            return AsTask(PostAfterReadAsync(context, snapshot, server, read));
+            return AsTask(PostAfterReadAsync(context, snapshot, server, caller, read));
         }
-        return AsTask(HandlePostAsync(context, snapshot, server, read.GetAwaiter().GetResult())); // leaves the gate when done
+        return AsTask(HandlePostAsync(context, snapshot, server, caller, read.GetAwaiter().GetResult())); // leaves the gate when done
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask PostAfterReadAsync(HttpContext context, GatewaySnapshot snapshot, ServerState server, ValueTask<HttpGuards.Body> read)
+    private async ValueTask PostAfterReadAsync(HttpContext context, GatewaySnapshot snapshot, ServerState server, Caller caller, ValueTask<HttpGuards.Body> read)
     {
         HttpGuards.Body body;
         try
@@ -60,7 +61,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
             Engine.InFlight.Exit();
             throw;
         }
-        await HandlePostAsync(context, snapshot, server, body).ConfigureAwait(false);
+        await HandlePostAsync(context, snapshot, server, caller, body).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -68,7 +69,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
     /// in <see cref="SessionEngine.InFlight"/> back to the gate.
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask HandlePostAsync(HttpContext context, GatewaySnapshot snapshot, ServerState server, HttpGuards.Body read)
+    private async ValueTask HandlePostAsync(HttpContext context, GatewaySnapshot snapshot, ServerState server, Caller caller, HttpGuards.Body read)
     {
         if (read.Error is not null)
         {
@@ -88,7 +89,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
             var version = request.Headers[McpProtocol.ProtocolVersionHeader];
             if (version.Count == 1 && version[0] == McpProtocol.V20260728)
             {
-                await stateless.HandleAsync(context, snapshot, server, body, scan).ConfigureAwait(false);
+                await stateless.HandleAsync(context, snapshot, server, caller, body, scan).ConfigureAwait(false);
                 return;
             }
             if (HttpGuards.CheckProtocolVersion(request) is { } versionError)
@@ -112,7 +113,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
                     await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.InvalidRequest, SessionMessages.InitializeWithSession).ConfigureAwait(false);
                     return;
                 }
-                var opened = Engine.TryOpen(snapshot, server, SessionTransport.StreamableHttp, out session);
+                var opened = Engine.TryOpen(snapshot, server, SessionTransport.StreamableHttp, out session, caller);
                 if (opened != SessionOpen.Opened)
                 {
                     await WriteSessionsFullAsync(context, opened, snapshot, server).ConfigureAwait(false);
@@ -129,7 +130,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
                     scan.Kind == JsonRpcMessageKind.Request ? body.Slice(scan.Id.Start, scan.Id.Length).ToArray() : null).ConfigureAwait(false);
                 return;
             }
-            else if (Engine.Find(server.Name, sessionIds[0]!, SessionTransport.StreamableHttp) is not { } found)
+            else if (Engine.Find(server.Name, sessionIds[0]!, SessionTransport.StreamableHttp, caller.Identity) is not { } found)
             {
                 await WriteErrorAsync(context, StatusCodes.Status404NotFound, ErrorCodes.ServerError, SessionMessages.UnknownSession).ConfigureAwait(false);
                 return;
@@ -144,7 +145,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
             int expected;
             try
             {
-                var (count, refused) = await Engine.ReceiveAsync(snapshot, session!, body, scan, sink, context.RequestAborted).ConfigureAwait(false);
+                var (count, refused) = await Engine.ReceiveAsync(snapshot, session!, caller, body, scan, sink, context.RequestAborted).ConfigureAwait(false);
                 if (refused is { } batchRefusal)
                 {
                     await WriteRefusalAsync(context, batchRefusal).ConfigureAwait(false);
@@ -209,7 +210,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
     /// <summary>The session's standalone stream: server requests and notifications outside any POST. One at a time.</summary>
     public async Task GetAsync(HttpContext context)
     {
-        if (HttpGuards.Resolve(context, gateway, out _, out var refused) is not { } server)
+        if (HttpGuards.Resolve(context, gateway, out _, out var caller, out var refused) is not { } server)
         {
             await WriteErrorAsync(context, refused.Status, refused.Code, refused.Message).ConfigureAwait(false);
             return;
@@ -220,7 +221,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
                 "Not Acceptable: the client must accept text/event-stream").ConfigureAwait(false);
             return;
         }
-        if (await FindSessionAsync(context, server).ConfigureAwait(false) is not { } session)
+        if (await FindSessionAsync(context, server, caller).ConfigureAwait(false) is not { } session)
         {
             return;
         }
@@ -244,12 +245,12 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
     /// <summary>Ends a session: its upstream session (a stdio process) is closed and its calls in flight are failed.</summary>
     public async Task DeleteAsync(HttpContext context)
     {
-        if (HttpGuards.Resolve(context, gateway, out _, out var refused) is not { } server)
+        if (HttpGuards.Resolve(context, gateway, out _, out var caller, out var refused) is not { } server)
         {
             await WriteErrorAsync(context, refused.Status, refused.Code, refused.Message).ConfigureAwait(false);
             return;
         }
-        if (await FindSessionAsync(context, server).ConfigureAwait(false) is not { } session)
+        if (await FindSessionAsync(context, server, caller).ConfigureAwait(false) is not { } session)
         {
             return;
         }
@@ -257,7 +258,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
         context.Response.StatusCode = StatusCodes.Status200OK;
     }
 
-    private async Task<McpSession?> FindSessionAsync(HttpContext context, ServerState server)
+    private async Task<McpSession?> FindSessionAsync(HttpContext context, ServerState server, Caller caller)
     {
         var ids = context.Request.Headers[McpProtocol.SessionIdHeader];
         if (ids.Count != 1)
@@ -266,7 +267,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
                 "Bad Request: exactly one Mcp-Session-Id header is required").ConfigureAwait(false);
             return null;
         }
-        if (Engine.Find(server.Name, ids[0]!, SessionTransport.StreamableHttp) is not { } session)
+        if (Engine.Find(server.Name, ids[0]!, SessionTransport.StreamableHttp, caller.Identity) is not { } session)
         {
             await WriteErrorAsync(context, StatusCodes.Status404NotFound, ErrorCodes.ServerError, SessionMessages.UnknownSession).ConfigureAwait(false);
             return null;

@@ -133,11 +133,20 @@ public sealed class ResumableMcpServer : IAsyncDisposable
 
     private void Record(Seen seen) => _seen.Enqueue(seen);
 
+    private readonly ConcurrentQueue<string> _authorizations = new();
+
+    /// <summary>Every <c>Authorization</c> header value a request carried (requests without one add nothing).</summary>
+    public IReadOnlyList<string> AuthorizationHeaders => [.. _authorizations];
+
     private async Task HandleAsync(HttpContext context)
     {
         var request = context.Request;
         var headers = request.Headers;
         string? Header(string name) => headers.TryGetValue(name, out var v) ? v.ToString() : null;
+        if (Header("Authorization") is { } authorization)
+        {
+            _authorizations.Enqueue(authorization);
+        }
 
         if (HttpMethods.IsGet(request.Method))
         {

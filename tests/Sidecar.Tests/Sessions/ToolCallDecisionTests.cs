@@ -39,7 +39,7 @@ public sealed class ToolCallDecisionTests
         var message = Encoding.UTF8.GetBytes(Call(1, tool));
         var scan = SessionHarness.Scan(message);
         var snapshot = h.Engine.Current;
-        var result = h.Engine.Calls.Decide(snapshot.Find("srv")!, snapshot.Options, new ReadOnlySequence<byte>(message), scan,
+        var result = h.Engine.Calls.Decide(snapshot.Find("srv")!, Sidecar.Identity.Caller.Anonymous, snapshot.Options, new ReadOnlySequence<byte>(message), scan,
             new CallContext(null, null, "s1"), new ReadOnlySequence<byte>("1"u8.ToArray()), out var decision, out var named, out var auditId, out _);
         Assert.Equal(verdict, result);
         Assert.Equal(verdict == CallVerdict.Forward ? null : tool, named);

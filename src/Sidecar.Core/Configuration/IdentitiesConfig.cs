@@ -1,0 +1,23 @@
+namespace Sidecar.Configuration;
+
+/// <summary>
+/// <c>identities</c>: who may call. With it, every agent request on an MCP endpoint must carry
+/// <c>Authorization: Bearer</c>; without it every agent is anonymous.
+/// </summary>
+public sealed record IdentitiesConfig(IReadOnlyList<ApiKeyConfig> ApiKeys);
+
+/// <summary>
+/// <c>identities.apiKeys.NAME</c>: an API key, known only by its SHA-256 (the key itself is never stored), and the
+/// grant it holds. <see cref="ToString"/> does not print the digest.
+/// </summary>
+public sealed record ApiKeyConfig(string Name, byte[] Sha256, string Grant, SourceLocation Location)
+{
+    public override string ToString() => $"{Name} (grant {Grant})";
+}
+
+/// <summary><c>grants.NAME</c>: the policy each server applies to identities holding the grant (<c>"*"</c>: every other server).</summary>
+public sealed record GrantConfig(string Name, IReadOnlyDictionary<string, string> Policies)
+{
+    /// <summary>The policy file for <paramref name="server"/>: its own, else <c>"*"</c>'s, else null (the server is denied to the grant).</summary>
+    public string? PolicyFor(string server) => Policies.GetValueOrDefault(server) ?? Policies.GetValueOrDefault("*");
+}

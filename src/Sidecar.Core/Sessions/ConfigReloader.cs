@@ -127,7 +127,8 @@ internal sealed class ConfigReloader(string configPath, SessionEngine engine, IL
                 changed.Add(name);
             }
             if (old.Config.PolicyPath != server.Config.PolicyPath
-                || (server.Config.PolicyPath is { } path && fingerprints.GetValueOrDefault(path) != _fingerprints.GetValueOrDefault(path)))
+                || (server.Config.PolicyPath is { } path && fingerprints.GetValueOrDefault(path) != _fingerprints.GetValueOrDefault(path))
+                || GrantPoliciesChanged(current.Config, next.Config, name, fingerprints))
             {
                 policies.Add(name);
             }
@@ -145,6 +146,25 @@ internal sealed class ConfigReloader(string configPath, SessionEngine engine, IL
         _logger.LogInformation("Reload ({Trigger}) applied: snapshot {Version}; servers added [{Added}], removed [{Removed}], changed [{Changed}]; policies changed [{Policies}]",
             ReloadResult.Name(trigger), next.Version, string.Join(", ", added), string.Join(", ", removed), string.Join(", ", changed), string.Join(", ", policies));
         return Record(new ReloadResult(ReloadStatus.Applied, trigger, next.Version, [], added, removed, changed, policies));
+    }
+
+    /// <summary>Whether a grant's policy for <paramref name="server"/> is another file, or its bytes changed.</summary>
+    private bool GrantPoliciesChanged(SidecarConfig current, SidecarConfig next, string server, Dictionary<string, string> fingerprints)
+    {
+        if (current.Grants.Count != next.Grants.Count)
+        {
+            return true;
+        }
+        foreach (var (name, grant) in next.Grants)
+        {
+            var file = grant.PolicyFor(server);
+            var before = current.Grants.GetValueOrDefault(name)?.PolicyFor(server);
+            if (file != before || (file is not null && fingerprints.GetValueOrDefault(file) != _fingerprints.GetValueOrDefault(file)))
+            {
+                return true;
+            }
+        }
+        return false;
     }
 
     private ReloadResult Record(ReloadResult result)
@@ -191,6 +211,13 @@ internal sealed class ConfigReloader(string configPath, SessionEngine engine, IL
         foreach (var server in config.Servers)
         {
             if (server.PolicyPath is { } policy)
+            {
+                files[Path.GetFullPath(policy)] = Hash(policy);
+            }
+        }
+        foreach (var grant in config.Grants.Values)
+        {
+            foreach (var policy in grant.Policies.Values)
             {
                 files[Path.GetFullPath(policy)] = Hash(policy);
             }

@@ -219,6 +219,34 @@ public sealed class ApiKeyIdentityTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_grants_policy_edited_on_disk_changes_that_grants_decisions_live()
+    {
+        await using var ops = await ClientAsync(OpsKey);
+        await ops.CallToolAsync("get-sum", Args(("a", 1), ("b", 2)), cancellationToken: Timeout());
+        var path = Path.Combine(_sidecar.Folder, "ops.json");
+        await File.WriteAllTextAsync(path + ".tmp", """{ "version": "1", "default": "deny", "tools": { "get-sum": { "action": "deny", "reason": "sums are off for ops" } } }""");
+        File.Move(path + ".tmp", path, overwrite: true);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (true)
+        {
+            try
+            {
+                await ops.CallToolAsync("get-sum", Args(("a", 1), ("b", 2)), cancellationToken: Timeout());
+            }
+            catch (McpProtocolException ex) when ((int)ex.ErrorCode == -32010)
+            {
+                Assert.Contains("sums are off for ops", ex.Message, StringComparison.Ordinal);
+                break;
+            }
+            Assert.True(DateTime.UtcNow < deadline, "the grant's edited policy was never applied\n" + _sidecar.Log);
+            await Task.Delay(100);
+        }
+        // The other grant's policy did not change.
+        await using var reader = await ClientAsync(ReaderKey);
+        await reader.CallToolAsync("get-sum", Args(("a", 1), ("b", 2)), cancellationToken: Timeout());
+    }
+
+    [Fact]
     public async Task The_agents_authorization_header_never_goes_upstream()
     {
         await using var upstream = await ResumableMcpServer.StartAsync();

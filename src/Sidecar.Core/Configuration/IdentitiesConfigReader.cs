@@ -54,7 +54,8 @@ internal static class IdentitiesConfigReader
     }
 
     /// <summary><c>identities</c>: API keys by name, each with the hex SHA-256 of the key and a grant <paramref name="grants"/> has.</summary>
-    public static IdentitiesConfig? ReadIdentities(ConfigNode node, IReadOnlyDictionary<string, GrantConfig> grants, DiagnosticBag diagnostics)
+    public static IdentitiesConfig? ReadIdentities(ConfigNode node, IReadOnlyDictionary<string, GrantConfig> grants, string baseDirectory,
+        Func<string, string?> environment, DiagnosticBag diagnostics)
     {
         if (node is not ConfigObject obj)
         {
@@ -81,16 +82,114 @@ internal static class IdentitiesConfigReader
             }
         }
         var jwtNode = members.Take("jwt");
-        if (jwtNode is not null)
-        {
-            diagnostics.Add(jwtNode, "JWT identities (\"identities.jwt\") are not available in this version yet: use \"apiKeys\"");
-        }
+        var jwt = jwtNode is null ? null : ReadJwt(jwtNode, grants, baseDirectory, environment, diagnostics);
         members.ReportUnknown("apiKeys, jwt");
         if (keys.Count == 0 && jwtNode is null)
         {
-            diagnostics.Add(obj, "\"identities\" names no identity: add \"apiKeys\" (or remove \"identities\" for anonymous agents)");
+            diagnostics.Add(obj, "\"identities\" names no identity: add \"apiKeys\" or \"jwt\" (or remove \"identities\" for anonymous agents)");
         }
-        return new IdentitiesConfig(keys);
+        return new IdentitiesConfig(keys) { Jwt = jwt };
+    }
+
+    private const string JwtFields = "issuer, audiences, keys, hmacKey, identityClaim, grantClaim, defaultGrant, clockSkew, authorizationServers";
+
+    /// <summary><c>identities.jwt</c>, its JWKS file read and checked now (a missing or malformed file is a config error).</summary>
+    private static JwtConfig? ReadJwt(ConfigNode node, IReadOnlyDictionary<string, GrantConfig> grants, string baseDirectory,
+        Func<string, string?> environment, DiagnosticBag diagnostics)
+    {
+        if (node is not ConfigObject obj)
+        {
+            diagnostics.Add(node, $"\"jwt\" must be an object, not {node.KindName}");
+            return null;
+        }
+        var errorsBefore = diagnostics.Items.Count;
+        var members = new PolicyConfigReader.MemberReader(obj, diagnostics);
+        string? Text(string name) => members.Take(name) is { } n ? PolicyConfigReader.ReadString(n, diagnostics) : null;
+
+        var issuer = Text("issuer");
+        if (issuer is null)
+        {
+            diagnostics.Add(obj, "\"jwt\" needs \"issuer\": tokens from any other issuer are refused");
+        }
+        var audiencesNode = members.Take("audiences");
+        var audiences = audiencesNode is null ? [] : SidecarConfigReader.ReadStringList(audiencesNode, diagnostics);
+        if (audiences.Count == 0)
+        {
+            diagnostics.Add(audiencesNode ?? obj, "\"jwt\" needs \"audiences\" (at least one): a token must be meant for this gateway");
+        }
+        var keysNode = members.Take("keys");
+        var keysPath = keysNode is null ? null : PolicyConfigReader.ReadString(keysNode, diagnostics) is { } k ? SidecarConfigReader.ResolvePath(baseDirectory, k) : null;
+        var keys = keysPath is null ? [] : ReadJwks(keysPath, keysNode!, diagnostics);
+        var hmacNode = members.Take("hmacKey");
+        var hmacKey = hmacNode is null ? null : PolicyConfigReader.ReadString(hmacNode, diagnostics) is { } h ? SidecarConfigReader.Expand(h, hmacNode, environment, diagnostics) : null;
+        if (hmacKey is not null && System.Text.Encoding.UTF8.GetByteCount(hmacKey) < 32)
+        {
+            diagnostics.Add(hmacNode!, "\"hmacKey\" must be at least 32 bytes (HS256 with a shorter key is guessable)");
+        }
+        if (keysNode is null && hmacNode is null)
+        {
+            diagnostics.Add(obj, "\"jwt\" needs \"keys\" (a JWKS file, for RS256 and ES256) or \"hmacKey\" (HS256)");
+        }
+        var identityClaim = Text("identityClaim") ?? "sub";
+        var grantClaim = Text("grantClaim") ?? "sidecar_grant";
+        var defaultGrantNode = members.Take("defaultGrant");
+        string? defaultGrant = null;
+        if (defaultGrantNode is not null && defaultGrantNode.Kind != ConfigNodeKind.Null && PolicyConfigReader.ReadString(defaultGrantNode, diagnostics) is { } dg)
+        {
+            if (grants.ContainsKey(dg))
+            {
+                defaultGrant = dg;
+            }
+            else
+            {
+                diagnostics.Add(defaultGrantNode, $"\"defaultGrant\" is \"{dg}\", which \"grants\" does not define");
+            }
+        }
+        var skew = TimeSpan.FromSeconds(60);
+        if (members.Take("clockSkew") is { } skewNode && !PolicyConfigReader.TryReadDuration(skewNode, out skew))
+        {
+            diagnostics.Add(skewNode, "\"clockSkew\" must be a duration such as \"60s\"");
+        }
+        var serversNode = members.Take("authorizationServers");
+        var servers = serversNode is null ? [] : SidecarConfigReader.ReadStringList(serversNode, diagnostics);
+        members.ReportUnknown(JwtFields);
+        return diagnostics.Items.Count > errorsBefore
+            ? null
+            : new JwtConfig(issuer!, audiences, keysPath, keys, hmacKey, identityClaim, grantClaim, defaultGrant, skew, servers);
+    }
+
+    /// <summary>The signing keys of a JWKS file: JSON errors with their line, then the keys as the validator reads them.</summary>
+    private static List<Microsoft.IdentityModel.Tokens.SecurityKey> ReadJwks(string path, ConfigNode at, DiagnosticBag diagnostics)
+    {
+        var file = new DiagnosticBag(path);
+        var bytes = file.ReadFile(path, "JWKS");
+        if (bytes is not null)
+        {
+            ConfigJsonParser.Parse(bytes, file);
+        }
+        if (file.Items.Count > 0)
+        {
+            foreach (var error in file.Items)
+            {
+                diagnostics.Add(at, $"\"keys\": {error}");
+            }
+            return [];
+        }
+        try
+        {
+            var set = new Microsoft.IdentityModel.Tokens.JsonWebKeySet(System.Text.Encoding.UTF8.GetString(bytes!));
+            var keys = new List<Microsoft.IdentityModel.Tokens.SecurityKey>(set.GetSigningKeys());
+            if (keys.Count == 0)
+            {
+                diagnostics.Add(at, $"\"keys\": {path} has no usable signing key (RSA or EC P-256 keys with \"kty\", \"kid\" and their public parameters)");
+            }
+            return keys;
+        }
+        catch (ArgumentException ex)
+        {
+            diagnostics.Add(at, $"\"keys\": {path} is not a JWKS ({{ \"keys\": [ … ] }}): {ex.Message}");
+            return [];
+        }
     }
 
     private static ApiKeyConfig? ReadApiKey(ConfigMember key, IReadOnlyDictionary<string, GrantConfig> grants, List<ApiKeyConfig> keys, DiagnosticBag diagnostics)

@@ -115,7 +115,7 @@ public static class SidecarConfigReader
             ? IdentitiesConfigReader.ReadGrants(grantsNode, baseDirectory, servers, diagnostics)
             : new Dictionary<string, GrantConfig>();
         var identities = members.Take("identities") is { } identitiesNode
-            ? IdentitiesConfigReader.ReadIdentities(identitiesNode, grants, diagnostics)
+            ? IdentitiesConfigReader.ReadIdentities(identitiesNode, grants, baseDirectory, environment, diagnostics)
             : null;
 
         members.ReportUnknown(TopFields);

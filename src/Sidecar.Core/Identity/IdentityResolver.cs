@@ -29,6 +29,15 @@ public enum AuthStatus : byte
 
     /// <summary>A bearer token that is no configured key.</summary>
     Unknown,
+
+    /// <summary>A JWT that fails validation (signature, algorithm, issuer, audience, lifetime, identity claim).</summary>
+    InvalidToken,
+
+    /// <summary>A valid JWT with no grant (no grant claim and no <c>defaultGrant</c>): HTTP 403.</summary>
+    NoGrant,
+
+    /// <summary>A valid JWT whose grant claim names a grant <c>grants</c> does not define: HTTP 403.</summary>
+    UnknownGrant,
 }
 
 /// <summary>
@@ -44,15 +53,26 @@ public sealed class IdentityResolver
     public const int MaxTokenBytes = 4096;
 
     private readonly Dictionary<Digest, ApiKeyConfig> _keys = [];
+    private readonly JwtValidator? _jwt;
 
-    public IdentityResolver(IdentitiesConfig? config)
+    public IdentityResolver(IdentitiesConfig? config, IReadOnlyDictionary<string, GrantConfig>? grants = null)
     {
         Required = config is not null;
         foreach (var key in config?.ApiKeys ?? [])
         {
             _keys[new Digest(key.Sha256)] = key;
         }
+        if (config?.Jwt is { } jwt)
+        {
+            _jwt = new JwtValidator(jwt, grants ?? new Dictionary<string, GrantConfig>());
+        }
     }
+
+    /// <summary>Forgets the validated JWTs (benchmarks).</summary>
+    internal void ClearJwtCache() => _jwt?.ClearCache();
+
+    /// <summary>RFC 9728 metadata is served, and named in 401 challenges, when JWTs come from named authorization servers.</summary>
+    public IReadOnlyList<string> AuthorizationServers => _jwt?.Config.AuthorizationServers ?? [];
 
     /// <summary>Whether every request must carry credentials (<c>identities</c> is configured).</summary>
     public bool Required { get; }
@@ -80,6 +100,10 @@ public sealed class IdentityResolver
         if (token.IsEmpty || token.Length > MaxTokenBytes)
         {
             return AuthStatus.Malformed;
+        }
+        if (_jwt is not null && JwtValidator.LooksLikeJwt(token))
+        {
+            return _jwt.Validate(token, out caller);
         }
         Span<byte> bytes = stackalloc byte[Encoding.UTF8.GetMaxByteCount(token.Length)];
         var length = Encoding.UTF8.GetBytes(token, bytes);
@@ -122,6 +146,9 @@ public sealed class IdentityResolver
     {
         AuthStatus.Missing => "missing_credentials",
         AuthStatus.Malformed => "malformed_credentials",
+        AuthStatus.InvalidToken => "invalid_token",
+        AuthStatus.NoGrant => "no_grant",
+        AuthStatus.UnknownGrant => "unknown_grant",
         _ => "unknown_credentials",
     };
 }

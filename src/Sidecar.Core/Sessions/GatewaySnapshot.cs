@@ -27,7 +27,7 @@ internal sealed class GatewaySnapshot
         Version = version;
         Options = new GatewayOptions(config.Limits, config.BlockedCalls);
         Origins = new OriginGuard(config.AllowedHosts, config.AllowedOrigins);
-        Identities = new IdentityResolver(config.Identities);
+        Identities = new IdentityResolver(config.Identities, config.Grants);
     }
 
     /// <summary>Who may call (<c>identities</c>); <see cref="IdentityResolver.Required"/> is false when every agent is anonymous.</summary>

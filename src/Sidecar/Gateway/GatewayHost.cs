@@ -100,6 +100,8 @@ internal static class GatewayHost
         app.MapDelete("/servers/{name}/mcp", new RequestDelegate(streamable.DeleteAsync));
         app.MapGet("/servers/{name}/sse", new RequestDelegate(legacy.StreamAsync));
         app.MapPost("/servers/{name}/message", new RequestDelegate(legacy.MessageAsync));
+        app.MapGet(HttpGuards.ProtectedResourcePath + "/{**resource}", new RequestDelegate(context => ProtectedResourceAsync(context, gateway)));
+        app.MapGet(HttpGuards.ProtectedResourcePath, new RequestDelegate(context => ProtectedResourceAsync(context, gateway)));
         app.MapGet("/healthz", new RequestDelegate(static context => context.Response.WriteAsync("ok")));
         app.MapGet("/readyz", new RequestDelegate(context => context.Response.WriteAsync(Readiness(gateway))));
         return app;
@@ -112,6 +114,43 @@ internal static class GatewayHost
         options.UseSafePlainTextFormatter(formatter => formatter.SetPrefixFormatter($"{0:yyyy-MM-ddTHH:mm:ss.fffZ} {1:short} {2}: ",
             (in MessageTemplate template, in LogInfo info) => template.Format(info.Timestamp.Utc, info.LogLevel, info.Category)));
     });
+
+    /// <summary>
+    /// RFC 9728 protected resource metadata, for MCP clients that discover where to get a token: the resource (the
+    /// path after the well-known prefix, on this host), its authorization servers, and bearer tokens in the header.
+    /// 404 unless JWT identities name <c>authorizationServers</c>.
+    /// </summary>
+    private static async Task ProtectedResourceAsync(HttpContext context, Gateway gateway)
+    {
+        var servers = gateway.Engine.Current.Identities.AuthorizationServers;
+        if (servers.Count == 0)
+        {
+            context.Response.StatusCode = StatusCodes.Status404NotFound;
+            return;
+        }
+        var request = context.Request;
+        var resourcePath = request.Path.Value is { } path && path.Length > HttpGuards.ProtectedResourcePath.Length
+            ? path[HttpGuards.ProtectedResourcePath.Length..]
+            : "";
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>(256);
+        using (var json = new System.Text.Json.Utf8JsonWriter(buffer))
+        {
+            json.WriteStartObject();
+            json.WriteString("resource"u8, $"{request.Scheme}://{request.Host}{request.PathBase}{resourcePath}");
+            json.WriteStartArray("authorization_servers"u8);
+            foreach (var server in servers)
+            {
+                json.WriteStringValue(server);
+            }
+            json.WriteEndArray();
+            json.WriteStartArray("bearer_methods_supported"u8);
+            json.WriteStringValue("header"u8);
+            json.WriteEndArray();
+            json.WriteEndObject();
+        }
+        context.Response.ContentType = "application/json";
+        await context.Response.BodyWriter.WriteAsync(buffer.WrittenMemory, context.RequestAborted).ConfigureAwait(false);
+    }
 
     /// <summary>The body of <c>/readyz</c>: what is open and how full the queues are.</summary>
     private static string Readiness(Gateway gateway)

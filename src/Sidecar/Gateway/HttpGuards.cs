@@ -22,6 +22,25 @@ internal static class HttpGuards
     /// <summary>The <c>WWW-Authenticate</c> challenge of a 401 (RFC 6750).</summary>
     public const string BearerChallenge = "Bearer";
 
+    /// <summary>The RFC 9728 metadata path (MCP authorization): where a client finds the authorization servers.</summary>
+    public const string ProtectedResourcePath = "/.well-known/oauth-protected-resource";
+
+    /// <summary>
+    /// <c>Bearer</c>, with <c>error="invalid_token"</c> for a token that failed validation, and with
+    /// <c>resource_metadata</c> when JWTs come from named authorization servers (MCP authorization, RFC 9728).
+    /// </summary>
+    private static string Challenge(HttpContext context, GatewaySnapshot snapshot, AuthStatus status)
+    {
+        var challenge = status == AuthStatus.InvalidToken ? "Bearer error=\"invalid_token\"" : BearerChallenge;
+        if (snapshot.Identities.AuthorizationServers.Count == 0)
+        {
+            return challenge;
+        }
+        var request = context.Request;
+        var metadata = $"{request.Scheme}://{request.Host}{request.PathBase}{ProtectedResourcePath}{request.Path}";
+        return challenge + (challenge.Length > 6 ? ", " : " ") + $"resource_metadata=\"{metadata}\"";
+    }
+
     /// <summary>The request's snapshot, its server, or why not (<see cref="Resolve(HttpContext, GatewaySnapshot, bool, ILogger, out GatewaySnapshot, out Refusal)"/>).</summary>
     public static ServerState? Resolve(HttpContext context, Gateway gateway, out GatewaySnapshot snapshot, out Caller caller, out Refusal refused)
     {
@@ -48,8 +67,16 @@ internal static class HttpGuards
         // Nothing reaches an upstream; the same answer whatever the server, so a caller learns nothing without a key.
         var reason = IdentityResolver.Reason(status);
         gateway.Engine.RecordAuthFailure(server?.Name, reason, context.Connection.RemoteIpAddress?.ToString());
-        context.Response.Headers.WWWAuthenticate = BearerChallenge;
-        refused = new Refusal(StatusCodes.Status401Unauthorized, ErrorCodes.ServerError, $"Unauthorized: {reason} (send Authorization: Bearer <key>)");
+        if (status is AuthStatus.NoGrant or AuthStatus.UnknownGrant)
+        {
+            // Who it is is known; it may do nothing here.
+            refused = new Refusal(StatusCodes.Status403Forbidden, ErrorCodes.ServerError, status == AuthStatus.NoGrant
+                ? "Forbidden: no_grant (the token has no grant claim and no defaultGrant is configured)"
+                : "Forbidden: unknown_grant (the token's grant is not one this gateway defines)");
+            return null;
+        }
+        context.Response.Headers.WWWAuthenticate = Challenge(context, snapshot, status);
+        refused = new Refusal(StatusCodes.Status401Unauthorized, ErrorCodes.ServerError, $"Unauthorized: {reason} (send Authorization: Bearer <key or token>)");
         return null;
     }
 

@@ -51,7 +51,12 @@ public sealed class IdentitiesConfigReaderTests
     [InlineData("""{ "apiKeys": { "k": { "sha256": "SHA", "grant": "g", "key": "x" } } }""", "$.identities.apiKeys.k.key", "unknown")]
     [InlineData("""{ "apiKeys": { "a": { "sha256": "SHA", "grant": "g" }, "b": { "sha256": "SHA", "grant": "g" } } }""", "$.identities.apiKeys.b", "same sha256 as API key \"a\"")]
     [InlineData("""{ }""", "$.identities", "names no identity")]
-    [InlineData("""{ "jwt": { "issuer": "x" } }""", "$.identities.jwt", "not available in this version yet")]
+    [InlineData("""{ "jwt": { "issuer": "x", "audiences": ["sidecar"] } }""", "$.identities.jwt", "needs \"keys\" (a JWKS file, for RS256 and ES256) or \"hmacKey\"")]
+    [InlineData("""{ "jwt": { "audiences": ["sidecar"], "hmacKey": "0123456789abcdef0123456789abcdef" } }""", "$.identities.jwt", "needs \"issuer\"")]
+    [InlineData("""{ "jwt": { "issuer": "x", "hmacKey": "0123456789abcdef0123456789abcdef" } }""", "$.identities.jwt", "needs \"audiences\"")]
+    [InlineData("""{ "jwt": { "issuer": "x", "audiences": ["a"], "hmacKey": "short" } }""", "$.identities.jwt.hmacKey", "at least 32 bytes")]
+    [InlineData("""{ "jwt": { "issuer": "x", "audiences": ["a"], "keys": "no-such-jwks.json" } }""", "$.identities.jwt.keys", "no-such-jwks.json")]
+    [InlineData("""{ "jwt": { "issuer": "x", "audiences": ["a"], "hmacKey": "0123456789abcdef0123456789abcdef", "defaultGrant": "nope" } }""", "$.identities.jwt.defaultGrant", "which \"grants\" does not define")]
     public void Mistakes_in_identities_are_errors_with_their_path(string identities, string path, string message)
     {
         var (config, errors) = Read($$"""
@@ -71,5 +76,26 @@ public sealed class IdentitiesConfigReaderTests
         Assert.Null(config);
         Assert.Contains("$.grants.g.policies.evrything", errors, StringComparison.Ordinal);
         Assert.Contains("which mcpServers does not have", errors, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void A_malformed_jwks_file_is_an_error_with_its_line()
+    {
+        var folder = Path.Combine(Path.GetTempPath(), "sidecar-jwks-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(folder);
+        try
+        {
+            File.WriteAllText(Path.Combine(folder, "jwks.json"), "{ \"keys\": [\n  { \"kty\": \"RSA\", }\n] }");
+            var json = """{ "mcpServers": { "everything": { "command": "node" } }, "grants": { "g": { "policies": { "*": "p.json" } } }, "identities": { "jwt": { "issuer": "x", "audiences": ["a"], "keys": "jwks.json" } } }""";
+            var diagnostics = new DiagnosticBag("sidecar.json");
+            Assert.Null(SidecarConfigReader.Read(Encoding.UTF8.GetBytes(json), folder, diagnostics, _ => null));
+            var error = Assert.Single(diagnostics.Items);
+            Assert.Equal("$.identities.jwt.keys", error.Path);
+            Assert.Contains("jwks.json:2:", error.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
     }
 }

@@ -185,6 +185,7 @@ internal sealed partial class McpSession
         if (pending.IsInitialize && scan.Kind == JsonRpcMessageKind.Response)
         {
             Volatile.Write(ref _protocolVersion, Answers.ProtocolVersion(payload.Span));
+            Volatile.Write(ref _initializeParams, Interlocked.Exchange(ref _initializing, null) ?? []);
         }
         var response = Answers.Review(_engine, _server.Name, pending, payload, scan, out var ticket);
         pending.Sink.TryWrite(response, true, ticket);

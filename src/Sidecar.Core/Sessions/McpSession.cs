@@ -42,7 +42,8 @@ internal sealed partial class McpSession : IAsyncDisposable
     private readonly Channel<ReadOnlyMemory<byte>> _backlog = Channel.CreateBounded<ReadOnlyMemory<byte>>(
         new BoundedChannelOptions(BacklogCapacity) { FullMode = BoundedChannelFullMode.DropOldest });
     private readonly CancellationTokenSource _lifetime = new();
-    private byte[]? _initializeParams;
+    private byte[]? _initializeParams; // the agent's initialize params, once the upstream accepted them
+    private byte[]? _initializing;     // the params of an initialize still waiting for its answer
     private string? _protocolVersion;
     private MessageSink? _stream;
     private long _correlation;
@@ -182,15 +183,17 @@ internal sealed partial class McpSession : IAsyncDisposable
             return true;
         }
 
+        if (scan.Method == McpMethod.Initialize)
+        {
+            // Kept for replay only once the upstream accepts it (Complete): a refused initialize leaves the session
+            // uninitialized, so the agent may try again. Set before sending: the answer can come before SendAsync returns.
+            Volatile.Write(ref _initializing, scan.Params.IsEmpty ? [] : message.Slice(scan.Params.Start, scan.Params.Length).ToArray());
+        }
         try
         {
             var connection = await EnsureConnectedAsync(snapshot.Options, cancellationToken).ConfigureAwait(false);
             pending.Generation = Volatile.Read(ref _generation);
             await connection.SendAsync(message, pending.Correlation, cancellationToken).ConfigureAwait(false);
-            if (scan.Method == McpMethod.Initialize)
-            {
-                Volatile.Write(ref _initializeParams, scan.Params.IsEmpty ? [] : message.Slice(scan.Params.Start, scan.Params.Length).ToArray());
-            }
         }
         catch (UpstreamException ex)
         {

@@ -100,6 +100,12 @@ internal sealed class StdioAgent(SessionEngine engine, McpSession session)
         var snapshot = engine.Current;
         if (SessionEngine.Check(line, snapshot.Options, out var scan) is { } refusal)
         {
+            if (scan.Kind == JsonRpcMessageKind.Notification)
+            {
+                // A notification gets no answer (JSON-RPC), not even a refusal: a tools/call without an id is dropped.
+                engine.Log.CallAsNotification(session.ServerName);
+                return;
+            }
             sink.TryWrite(JsonRpcResponses.Error(refusal.RawId ?? IdOf(line, scan), refusal.Code, refusal.Message), true);
             return;
         }

@@ -9,6 +9,24 @@ namespace Sidecar.Tests.Sessions;
 public sealed class InitializeTests
 {
     [Fact]
+    public async Task An_initialize_the_upstream_refuses_leaves_the_session_uninitialized_so_the_agent_can_try_again()
+    {
+        await using var h = Create();
+        var refuse = true;
+        h.Upstream.Respond = m => m.Method == "initialize" && refuse ? ScriptedUpstream.Error(m, -32602, "unsupported protocol version") : h.Upstream.DefaultAnswer(m);
+        var session = h.Open(SessionTransport.Stdio);
+        var refused = await h.RequestAsync(session, Initialize(1));
+        Assert.Equal(-32602, refused.GetProperty("error").GetProperty("code").GetInt32());
+        Assert.False(session.IsInitialized);
+
+        refuse = false;
+        var accepted = await h.RequestAsync(session, Initialize(2));
+        Assert.True(accepted.TryGetProperty("result", out _), accepted.GetRawText()); // not "already initialized"
+        Assert.True(session.IsInitialized);
+        Assert.Equal(2, h.Upstream.SentWith("initialize").Count);
+    }
+
+    [Fact]
     public async Task The_session_speaks_the_version_the_upstreams_initialize_result_gives()
     {
         await using var h = Create();

@@ -97,6 +97,16 @@ public sealed class StdioAgentTests
     }
 
     [Fact]
+    public async Task A_tools_call_notification_gets_no_answer_and_never_runs()
+    {
+        await using var agent = new Agent();
+        await agent.WriteAsync(Notification("tools/call", """{"name":"echo","arguments":{}}""") + "\n" + Request(5, "ping") + "\n");
+        // The next line is the ping's answer: the notification got none (JSON-RPC), and reached nothing.
+        Assert.Equal(5, (await agent.ReadMessageAsync()).GetProperty("id").GetInt32());
+        Assert.Empty(agent.Harness.Upstream.SentWith("tools/call"));
+    }
+
+    [Fact]
     public async Task CRLF_lines_are_read_and_blank_lines_ignored()
     {
         await using var agent = new Agent();

@@ -41,15 +41,24 @@ internal static class HttpGuards
         return challenge + (challenge.Length > 6 ? ", " : " ") + $"resource_metadata=\"{metadata}\"";
     }
 
-    /// <summary>The request's snapshot, its server, or why not (<see cref="Resolve(HttpContext, GatewaySnapshot, bool, ILogger, out GatewaySnapshot, out Refusal)"/>).</summary>
+    /// <summary>
+    /// Takes the live snapshot as the request's (it serves the whole request, whatever reloads meanwhile), checks
+    /// <c>Host</c> and <c>Origin</c>, then the caller's credentials, then finds the route's server. Null (and why) when
+    /// the request can't go on: credentials are judged before the server is looked up, so a caller without a key
+    /// gets the same answer whatever the server and learns nothing.
+    /// </summary>
     public static ServerState? Resolve(HttpContext context, Gateway gateway, out GatewaySnapshot snapshot, out Caller caller, out Refusal refused)
     {
-        var server = Resolve(context, gateway.Engine.Current, gateway.ListeningOnLoopback, gateway.HttpLog, out snapshot, out refused);
+        snapshot = gateway.Engine.Current;
         caller = Caller.Anonymous;
-        if (refused.Status != 0)
+        if (CheckHostAndOrigin(context.Request, snapshot.Origins, gateway.ListeningOnLoopback) is { } forbidden)
         {
+            gateway.HttpLog.LogWarning("Refused a request from {Remote}: {Reason}", context.Connection.RemoteIpAddress, forbidden);
+            refused = new Refusal(StatusCodes.Status403Forbidden, ErrorCodes.ServerError, forbidden);
             return null;
         }
+        var name = context.Request.RouteValues["name"] as string;
+        var server = name is null ? null : snapshot.Find(name);
         var status = snapshot.Identities.Resolve(context.Request.Headers.Authorization.Count switch
         {
             0 => [],
@@ -58,13 +67,9 @@ internal static class HttpGuards
         }, out caller);
         if (status is AuthStatus.Anonymous or AuthStatus.Authenticated)
         {
-            if (server is null)
-            {
-                refused = new Refusal(StatusCodes.Status404NotFound, ErrorCodes.ServerError, SessionMessages.UnknownServer(context.Request.RouteValues["name"] as string));
-            }
+            refused = server is null ? new Refusal(StatusCodes.Status404NotFound, ErrorCodes.ServerError, SessionMessages.UnknownServer(name)) : default;
             return server;
         }
-        // Nothing reaches an upstream; the same answer whatever the server, so a caller learns nothing without a key.
         var reason = IdentityResolver.Reason(status);
         gateway.Engine.RecordAuthFailure(server?.Name, reason, context.Connection.RemoteIpAddress?.ToString());
         if (status is AuthStatus.NoGrant or AuthStatus.UnknownGrant)
@@ -78,29 +83,6 @@ internal static class HttpGuards
         context.Response.Headers.WWWAuthenticate = Challenge(context, snapshot, status);
         refused = new Refusal(StatusCodes.Status401Unauthorized, ErrorCodes.ServerError, $"Unauthorized: {reason} (send Authorization: Bearer <key or token>)");
         return null;
-    }
-
-    /// <summary>
-    /// Takes <paramref name="current"/> as the request's snapshot (it serves the whole request, whatever reloads
-    /// meanwhile), checks <c>Host</c> and <c>Origin</c> and finds the route's server. Null (and why) when the request
-    /// can't go on.
-    /// </summary>
-    public static ServerState? Resolve(HttpContext context, GatewaySnapshot current, bool listeningOnLoopback, ILogger logger,
-        out GatewaySnapshot snapshot, out Refusal refused)
-    {
-        snapshot = current;
-        if (CheckHostAndOrigin(context.Request, snapshot.Origins, listeningOnLoopback) is { } forbidden)
-        {
-            logger.LogWarning("Refused a request from {Remote}: {Reason}", context.Connection.RemoteIpAddress, forbidden);
-            refused = new Refusal(StatusCodes.Status403Forbidden, ErrorCodes.ServerError, forbidden);
-            return null;
-        }
-        var name = context.Request.RouteValues["name"] as string;
-        var server = name is null ? null : snapshot.Find(name);
-        refused = server is null && !snapshot.Identities.Required
-            ? new Refusal(StatusCodes.Status404NotFound, ErrorCodes.ServerError, SessionMessages.UnknownServer(name))
-            : default;
-        return server;
     }
 
     /// <summary>Why the request's Host or Origin is not allowed (the caller answers 403), or null.</summary>

@@ -17,8 +17,7 @@ internal sealed class Gateway : IAsyncDisposable
     private readonly ILogger _logger;
     private ConfigWatcher? _watcher;
     private PosixSignalRegistration? _hangup;
-    private byte[] _overloaded;
-    private int _overloadedFor;
+    private Overloaded _overloaded;
 
     /// <summary>Builds the audit pipeline and the first snapshot; throws <see cref="ConfigValidationException"/> with every error of every policy.</summary>
     public Gateway(SidecarConfig config, ILoggerFactory loggers, bool listeningOnLoopback)
@@ -29,8 +28,7 @@ internal sealed class Gateway : IAsyncDisposable
         var snapshot = SnapshotBuilder.Build(config, null, loggers, out var errors) ?? throw new ConfigValidationException(errors);
         Audit = AuditSetup.Create(config, loggers);
         Engine = new SessionEngine(snapshot, Audit?.Recorder ?? AuditRecorder.Disabled, new RateLimitStore(), loggers);
-        _overloadedFor = config.Limits.MaxInFlight;
-        _overloaded = JsonRpcResponses.Overloaded(_overloadedFor);
+        _overloaded = new Overloaded(config.Limits.MaxInFlight, JsonRpcResponses.Overloaded(config.Limits.MaxInFlight));
         Reloader = config.File is { } file ? new ConfigReloader(Path.GetFullPath(file), Engine, loggers) : null;
     }
 
@@ -55,13 +53,15 @@ internal sealed class Gateway : IAsyncDisposable
     {
         get
         {
+            // The body and the cap it names are swapped together (a reload may change limits.maxInFlight).
             var capacity = Engine.InFlight.Capacity;
-            if (capacity != Volatile.Read(ref _overloadedFor))
+            var current = Volatile.Read(ref _overloaded);
+            if (current.Capacity != capacity)
             {
-                Volatile.Write(ref _overloaded, JsonRpcResponses.Overloaded(capacity));
-                Volatile.Write(ref _overloadedFor, capacity);
+                current = new Overloaded(capacity, JsonRpcResponses.Overloaded(capacity));
+                Volatile.Write(ref _overloaded, current);
             }
-            return Volatile.Read(ref _overloaded);
+            return current.Body;
         }
     }
 
@@ -103,6 +103,8 @@ internal sealed class Gateway : IAsyncDisposable
             _logger.LogError(ex, "Reload on SIGHUP failed");
         }
     }
+
+    private sealed record Overloaded(int Capacity, byte[] Body);
 
     public async ValueTask DisposeAsync()
     {

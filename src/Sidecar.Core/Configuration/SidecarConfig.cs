@@ -32,6 +32,12 @@ public sealed record SidecarConfig(
 
     /// <summary><c>grants</c>: by name.</summary>
     public IReadOnlyDictionary<string, GrantConfig> Grants { get; init; } = new Dictionary<string, GrantConfig>();
+
+    /// <summary><c>admin</c>; null: no admin API (and so nobody can approve: <c>require_approval</c> refuses at once).</summary>
+    public AdminConfig? Admin { get; init; }
+
+    /// <summary><c>approvals</c>: how held calls wait, and the webhook.</summary>
+    public ApprovalsConfig Approvals { get; init; } = ApprovalsConfig.Default;
 }
 
 /// <summary>Bounds on what the gateway accepts and how long it waits.</summary>

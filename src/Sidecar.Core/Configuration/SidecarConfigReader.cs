@@ -10,7 +10,7 @@ namespace Sidecar.Configuration;
 /// </summary>
 public static class SidecarConfigReader
 {
-    private const string TopFields = "listen, mcpServers, policy, blockedCalls, limits, allowedOrigins, allowedHosts, audit, identities, grants";
+    private const string TopFields = "listen, mcpServers, policy, blockedCalls, limits, allowedOrigins, allowedHosts, audit, identities, grants, admin, approvals";
     private const string ServerFields = "command, args, env, cwd, url, transport, headers, policy, type, description";
 
     public static SidecarConfig LoadFile(string path, Func<string, string?>? environment = null)
@@ -118,6 +118,11 @@ public static class SidecarConfigReader
             ? IdentitiesConfigReader.ReadIdentities(identitiesNode, grants, baseDirectory, environment, diagnostics)
             : null;
 
+        var admin = members.Take("admin") is { } adminNode ? ApprovalsConfigReader.ReadAdmin(adminNode, listen, environment, diagnostics) : null;
+        var approvals = members.Take("approvals") is { } approvalsNode
+            ? ApprovalsConfigReader.ReadApprovals(approvalsNode, environment, diagnostics)
+            : ApprovalsConfig.Default;
+
         members.ReportUnknown(TopFields);
 
         T Invalid<T>(ConfigNode node, string message, T fallback)
@@ -128,7 +133,7 @@ public static class SidecarConfigReader
 
         return diagnostics.Items.Count > errorsBefore
             ? null
-            : new SidecarConfig(file, listen, servers, topPolicy, blocked, limits, origins, hosts, audit) { Identities = identities, Grants = grants };
+            : new SidecarConfig(file, listen, servers, topPolicy, blocked, limits, origins, hosts, audit) { Identities = identities, Grants = grants, Admin = admin, Approvals = approvals };
     }
 
     private static ServerConfig? ReadServer(string name, ConfigNode node, string baseDirectory, string? topPolicy,

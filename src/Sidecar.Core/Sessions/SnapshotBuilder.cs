@@ -74,6 +74,11 @@ internal static class SnapshotBuilder
             problems.Add(new Diagnostic(config.File, "$.listen", default,
                 $"\"listen\" changed from {previous.Config.Listen} to {config.Listen}: a new address needs a restart"));
         }
+        if (previous is not null && previous.Config.Admin?.Listen != config.Admin?.Listen)
+        {
+            problems.Add(new Diagnostic(config.File, "$.admin.listen", default,
+                $"\"admin.listen\" changed from {previous.Config.Admin?.Listen ?? "(no admin API)"} to {config.Admin?.Listen ?? "(no admin API)"}: the admin listener changes only on a restart"));
+        }
         errors = problems;
         if (problems.Count > 0)
         {

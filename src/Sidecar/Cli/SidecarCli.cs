@@ -13,16 +13,23 @@ public static class SidecarCli
         root.Subcommands.Add(ValidateCommand.Create());
         root.Subcommands.Add(ExplainCommand.Create());
         root.Subcommands.Add(AuditCommand.Create());
+        root.Subcommands.Add(ApprovalsCommand.Create());
+        root.Subcommands.Add(ReloadCommand.Create());
         return root;
     }
 
-    public static Task<int> InvokeAsync(string[] args, TextWriter output, TextWriter error, CancellationToken cancellationToken = default)
+    public static async Task<int> InvokeAsync(string[] args, TextWriter output, TextWriter error, CancellationToken cancellationToken = default)
     {
         var parse = Build().Parse(args);
         // SIGTERM and SIGINT are the commands' own: `run` stops its host (sessions closed, audit drained, audit_stop),
         // `wrap` answers what it owes first. System.CommandLine's handler would end the process 2 s after the signal,
         // whatever was still being written.
         var configuration = new InvocationConfiguration { Output = output, Error = error, ProcessTerminationTimeout = null };
-        return parse.InvokeAsync(configuration, cancellationToken);
+        var exit = await parse.InvokeAsync(configuration, cancellationToken).ConfigureAwait(false);
+        // A command line that does not parse (unknown option, missing argument, a value not among the allowed) is a
+        // usage error: 2, not System.CommandLine's 1, which our commands mean as "refused" or "invalid input".
+        return parse.Errors.Count > 0 && exit == 1 ? UsageError : exit;
     }
+
+    private const int UsageError = 2;
 }

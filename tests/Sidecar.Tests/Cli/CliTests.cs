@@ -115,6 +115,8 @@ public class CliTests
     public async Task Unknown_command_is_a_usage_error()
     {
         var (exit, _, _) = await Run("frobnicate");
-        Assert.NotEqual(0, exit);
+        Assert.Equal(2, exit);
+        (exit, _, _) = await Run("explain", "--tool", "t"); // --policy missing
+        Assert.Equal(2, exit);
     }
 }

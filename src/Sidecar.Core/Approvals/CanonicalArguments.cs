@@ -32,7 +32,7 @@ namespace Sidecar.Approvals;
 /// <c>0.000001</c>), else as <c>d1.d2…dke+N</c> or <c>d1.d2…dke-N</c> (<c>1e+21</c>, <c>1.5e-7</c>), with a leading
 /// <c>-</c> when negative: the layout of ECMAScript's <c>Number.prototype.toString</c> (and so of JCS), with every
 /// digit of the literal kept. Zero is <c>0</c>. A number whose <c>|N|</c> exceeds <see cref="MaxExponent"/> is an
-/// error.</item>
+/// error, and so is an exponent written with more than nine digits, even on zero.</item>
 /// <item><b>Literals</b>: <c>true</c>, <c>false</c>, <c>null</c> as they are; a member whose value is <c>null</c> is
 /// not the same as an absent member.</item>
 /// <item><b>Depth</b>: at most <see cref="MaxDepth"/> nested objects and arrays, the arguments object included.</item>

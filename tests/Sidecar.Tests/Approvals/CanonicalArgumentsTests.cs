@@ -263,6 +263,7 @@ public class CanonicalArgumentsTests
     [InlineData("0.1e10002")]
     [InlineData("1e99999999999999999999")]
     [InlineData("-1e-4294967296")]
+    [InlineData("0e1234567890")]
     public void Numbers_beyond_the_exponent_bound_are_refused(string literal) =>
         Assert.Contains("10000", Refused($$"""{"n":{{literal}}}"""), StringComparison.Ordinal);
 

@@ -1,3 +1,4 @@
+using Sidecar.Approvals;
 using System.Buffers;
 using System.Diagnostics;
 using System.Text;
@@ -358,6 +359,11 @@ public sealed class AuditPipeline : IAsyncDisposable
         if (entry.Remaining >= 0)
         {
             json.WriteNumber("remaining"u8, entry.Remaining);
+        }
+        if (entry.ApprovalId is { } approvalId)
+        {
+            json.WriteString("approvalId"u8, approvalId);
+            json.WriteString("approvalStatus"u8, entry.ApprovalStatus.ToWireName());
         }
         // Exactly the arguments' bytes: a blocked call's record is read in its slot, whose buffer goes on past them.
         var arguments = bytes.Slice(entry.ToolLength + entry.IdLength, entry.ArgumentsLength);

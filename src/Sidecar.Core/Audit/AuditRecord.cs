@@ -77,6 +77,10 @@ internal struct AuditEntry
     public long RetryAfterMs;
     public long Remaining;
 
+    /// <summary>The approval the call waited for or was released by (null: none), and where it stood.</summary>
+    public string? ApprovalId;
+    public Approvals.ApprovalStatus ApprovalStatus;
+
     public AuditOutcome Outcome;
     public int ErrorCode;
 

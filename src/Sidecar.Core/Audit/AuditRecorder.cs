@@ -131,7 +131,9 @@ public sealed class AuditRecorder
         entry.RetryAfterMs = decision.RetryAfterMs;
         entry.Remaining = decision.Remaining;
         entry.Outcome = forwarded ? AuditOutcome.Unknown : AuditOutcome.Blocked;
-        entry.ErrorCode = forwarded ? 0 : ErrorCodes.For(decision.Outcome);
+        entry.ErrorCode = forwarded ? 0 : ErrorCodes.For(decision);
+        entry.ApprovalId = decision.ApprovalId;
+        entry.ApprovalStatus = decision.ApprovalStatus;
 
         Utf8.FromUtf16(tool, buffer[..Math.Min(MaxToolBytes, buffer.Length)], out _, out var toolBytes);
         entry.ToolLength = toolBytes;

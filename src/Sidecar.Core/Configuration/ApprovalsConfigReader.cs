@@ -67,7 +67,11 @@ internal static class ApprovalsConfigReader
         var hold = ApprovalsConfig.DefaultHold;
         if (members.Take("hold") is { } holdNode)
         {
-            if (PolicyConfigReader.TryReadDuration(holdNode, out var h) && h >= TimeSpan.Zero && h <= TimeSpan.FromMinutes(10))
+            if (holdNode is ConfigScalar { Text: "0" or "0s" or "0ms" })
+            {
+                hold = TimeSpan.Zero;
+            }
+            else if (PolicyConfigReader.TryReadDuration(holdNode, out var h) && h <= TimeSpan.FromMinutes(10))
             {
                 hold = h;
             }

@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using Sidecar.Approvals;
 using Sidecar.Policy;
 using Sidecar.RateLimiting;
 
@@ -74,6 +75,15 @@ public struct Decision
 
     /// <summary>The tool's approval timeout when <see cref="Outcome"/> is <see cref="DecisionOutcome.RequireApproval"/>.</summary>
     public TimeSpan ApprovalTimeout;
+
+    /// <summary>
+    /// The approval behind this decision: the one a <c>require_approval</c> call waits for (or was refused with), or
+    /// the one that released an allowed call. Null when none.
+    /// </summary>
+    public string? ApprovalId;
+
+    /// <summary>Where <see cref="ApprovalId"/> stands (<see cref="ApprovalStatus.Denied"/>: refused with -32013).</summary>
+    public ApprovalStatus ApprovalStatus;
 
     internal ChargeBuffer Charges;
     internal int ChargeCount;

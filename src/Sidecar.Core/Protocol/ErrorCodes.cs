@@ -16,10 +16,13 @@ public static class ErrorCodes
     /// <summary>A rate limit has no room; <c>error.data.retryAfterMs</c> says when it will.</summary>
     public const int RateLimited = -32011;
 
-    /// <summary>The tool requires a human approval that was not (yet) given.</summary>
+    /// <summary>
+    /// The tool requires a person's approval that was not (yet) given: <c>error.data.approvalId</c>, and
+    /// <c>error.data.status</c> <c>pending</c> (retry after <c>retryAfterMs</c>) or <c>expired</c>.
+    /// </summary>
     public const int ApprovalRequired = -32012;
 
-    /// <summary>An approval was asked for and refused, or not given before <c>approval_timeout</c>.</summary>
+    /// <summary>A person refused the approval; <c>error.data.reason</c> is theirs.</summary>
     public const int ApprovalDenied = -32013;
 
     /// <summary>The arguments fail a <c>require</c> condition, or a limit's <c>increment_from</c> is missing or negative.</summary>
@@ -60,6 +63,10 @@ public static class ErrorCodes
 
     /// <summary>Whether <paramref name="code"/> lies in the range the MCP specification reserves.</summary>
     public static bool IsSpecificationReserved(int code) => code is >= SpecificationReservedFirst and <= SpecificationReservedLast;
+
+    /// <summary>The code of a blocked decision: <see cref="For(DecisionOutcome)"/>, and -32013 for an approval a person denied.</summary>
+    public static int For(in Decision decision)
+        => decision.Outcome == DecisionOutcome.RequireApproval && decision.ApprovalStatus == Approvals.ApprovalStatus.Denied ? ApprovalDenied : For(decision.Outcome);
 
     public static int For(DecisionOutcome outcome) => outcome switch
     {

@@ -11,6 +11,12 @@ namespace Sidecar.Sessions;
 internal sealed record GatewayOptions(GatewayLimits Limits, BlockedCallStyle BlockedCalls)
 {
     public JsonRpcScannerOptions Scanner { get; } = new() { MaxMessageBytes = Limits.MaxMessageBytes };
+
+    /// <summary>
+    /// Whether a <c>require_approval</c> call is held for a person: only when the admin API (the only way to approve)
+    /// is configured. Otherwise it is refused at once with -32012.
+    /// </summary>
+    public bool ApprovalsEnabled { get; init; }
 }
 
 /// <summary>
@@ -25,7 +31,7 @@ internal sealed class GatewaySnapshot
         Config = config;
         Servers = servers;
         Version = version;
-        Options = new GatewayOptions(config.Limits, config.BlockedCalls);
+        Options = new GatewayOptions(config.Limits, config.BlockedCalls) { ApprovalsEnabled = config.Admin is not null };
         Origins = new OriginGuard(config.AllowedHosts, config.AllowedOrigins);
         Identities = new IdentityResolver(config.Identities, config.Grants);
     }

@@ -1,3 +1,4 @@
+using Sidecar.Approvals;
 using System.Buffers;
 using System.Text;
 using System.Text.Json;
@@ -19,6 +20,26 @@ internal static class JsonRpcResponses
         using (var writer = new Utf8JsonWriter(buffer, s_writerOptions))
         {
             StartError(writer, rawId, code, message);
+            writer.WriteEndObject();
+            writer.WriteEndObject();
+        }
+        return buffer.WrittenSpan.ToArray();
+    }
+
+    /// <summary>A <c>notifications/progress</c> for a call held for approval: the agent's token, a count, and what it waits for.</summary>
+    public static byte[] Progress(ReadOnlySpan<byte> rawToken, int progress, string message)
+    {
+        var buffer = new ArrayBufferWriter<byte>(256);
+        using (var writer = new Utf8JsonWriter(buffer, s_writerOptions))
+        {
+            writer.WriteStartObject();
+            writer.WriteString("jsonrpc"u8, "2.0"u8);
+            writer.WriteString("method"u8, "notifications/progress"u8);
+            writer.WriteStartObject("params"u8);
+            writer.WritePropertyName("progressToken"u8);
+            writer.WriteRawValue(rawToken, skipInputValidation: true);
+            writer.WriteNumber("progress"u8, progress);
+            writer.WriteString("message"u8, message);
             writer.WriteEndObject();
             writer.WriteEndObject();
         }
@@ -90,14 +111,14 @@ internal static class JsonRpcResponses
                 writer.WriteBoolean("isError"u8, true);
                 writer.WriteStartObject("_meta"u8);
                 writer.WritePropertyName("sidecar/decision"u8);
-                WriteData(writer, server, tool, decision, ErrorCodes.For(decision.Outcome));
+                WriteData(writer, server, tool, decision, ErrorCodes.For(decision));
                 writer.WriteEndObject();
                 writer.WriteEndObject();
             }
             else
             {
                 writer.WriteStartObject("error"u8);
-                writer.WriteNumber("code"u8, ErrorCodes.For(decision.Outcome));
+                writer.WriteNumber("code"u8, ErrorCodes.For(decision));
                 writer.WriteString("message"u8, message);
                 writer.WritePropertyName("data"u8);
                 WriteData(writer, server, tool, decision, null);
@@ -112,7 +133,13 @@ internal static class JsonRpcResponses
     {
         DecisionOutcome.RateLimited => $"Tool \"{tool}\" is rate limited: {decision.Reason}"
             + (decision.RetryAfterMs >= 0 ? $" (retry in {decision.RetryAfterMs} ms)" : ""),
-        DecisionOutcome.RequireApproval => $"Tool \"{tool}\" requires approval: {decision.Reason}; no approver is configured on this gateway, so the call was not made",
+        DecisionOutcome.RequireApproval => decision.ApprovalStatus switch
+        {
+            ApprovalStatus.Pending => $"Tool \"{tool}\" requires approval: {decision.Reason}; approval {decision.ApprovalId} is pending: the call was not made. Retry the identical call once it is approved",
+            ApprovalStatus.Expired => $"Tool \"{tool}\" requires approval: approval {decision.ApprovalId} expired before anyone decided; the call was not made. An identical call asks again",
+            ApprovalStatus.Denied => $"Tool \"{tool}\" was refused by a person (approval {decision.ApprovalId}): {decision.Reason}",
+            _ => $"Tool \"{tool}\" requires approval: {decision.Reason}; no approver is configured on this gateway (no admin API), so the call was not made",
+        },
         DecisionOutcome.InvalidArguments => $"Tool \"{tool}\" was called with arguments the policy does not accept: {decision.Reason}",
         _ => $"Tool \"{tool}\" denied by policy: {decision.Reason}",
     };
@@ -136,6 +163,11 @@ internal static class JsonRpcResponses
         if (decision.Remaining >= 0)
         {
             writer.WriteNumber("remaining"u8, decision.Remaining);
+        }
+        if (decision.ApprovalId is { } approvalId)
+        {
+            writer.WriteString("approvalId"u8, approvalId);
+            writer.WriteString("status"u8, decision.ApprovalStatus.ToWireName());
         }
         writer.WriteEndObject();
     }

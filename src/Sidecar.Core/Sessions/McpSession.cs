@@ -92,7 +92,7 @@ internal sealed partial class McpSession : IAsyncDisposable
 
     /// <summary>True when nothing is happening and the agent has not been seen for <paramref name="timeout"/>.</summary>
     public bool IsIdle(TimeSpan timeout)
-        => _pending.IsEmpty && Volatile.Read(ref _stream) is null
+        => _pending.IsEmpty && _held.IsEmpty && Volatile.Read(ref _stream) is null
            && Environment.TickCount64 - Interlocked.Read(ref _lastActivity) > (long)timeout.TotalMilliseconds;
 
     /// <summary>
@@ -129,6 +129,11 @@ internal sealed partial class McpSession : IAsyncDisposable
             sink.TryWrite(JsonRpcResponses.Error(rawId, ErrorCodes.InvalidRequest, SessionMessages.UnsupportedId), true);
             return true;
         }
+        if (_held.ContainsKey(key))
+        {
+            sink.TryWrite(JsonRpcResponses.Error(rawId, ErrorCodes.InvalidRequest, SessionMessages.DuplicateId), true);
+            return true;
+        }
         if (scan.Status == ScanStatus.InvalidParams)
         {
             sink.TryWrite(JsonRpcResponses.Error(rawId, ErrorCodes.InvalidParams, SessionMessages.InvalidParams(scan.Error)), true);
@@ -150,6 +155,10 @@ internal sealed partial class McpSession : IAsyncDisposable
             case McpMethod.ToolsCall:
                 var verdict = _engine.Calls.Decide(current, caller, snapshot.Options, message, scan, new CallContext(caller.Identity, caller.Grant, Id),
                     new ReadOnlySequence<byte>(rawId), out decision, out tool, out auditId, out var ticket);
+                if (verdict == CallVerdict.Hold)
+                {
+                    return Hold(snapshot, current, caller, message, scan, key, rawId, tool!, decision, sink);
+                }
                 if (verdict is CallVerdict.Blocked or CallVerdict.AuditBacklog)
                 {
                     sink.TryWrite(ToolCalls.Answer(verdict, rawId, current.Name, tool!, decision, snapshot.Options.BlockedCalls, Audit.RetryAfterMs), true, ticket);
@@ -165,13 +174,25 @@ internal sealed partial class McpSession : IAsyncDisposable
                 return true;
         }
 
+        return await SendRequestAsync(snapshot, current, caller, message, scan, key, rawId, sink, tool, hasDecision,
+            hasDecision ? DecisionEngine.CopyCharges(decision) : null, auditId, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Sends a request the gateway lets through (a decided <c>tools/call</c> when <paramref name="hasDecision"/>) and
+    /// registers it to wait for its answer. Returns true: a response will be written to <paramref name="sink"/>.
+    /// </summary>
+    private async ValueTask<bool> SendRequestAsync(GatewaySnapshot snapshot, ServerState current, Caller caller, ReadOnlySequence<byte> message,
+        JsonRpcScan scan, RpcId key, byte[] rawId, MessageSink sink, string? tool, bool hasDecision, Charge[]? charges, long auditId,
+        CancellationToken cancellationToken)
+    {
         var pending = new PendingRequest(key, rawId, sink, Interlocked.Increment(ref _correlation))
         {
             ToolListPolicy = scan.Method == McpMethod.ToolsList ? current.PolicyFor(caller) : null,
             IsInitialize = scan.Method == McpMethod.Initialize,
             Tool = tool,
             HasDecision = hasDecision,
-            Charges = hasDecision ? DecisionEngine.CopyCharges(decision) : null,
+            Charges = charges,
             AuditId = auditId,
             Deadline = Deadline(snapshot.Options),
             TimeoutMs = (int)Math.Min(int.MaxValue, snapshot.Options.Limits.UpstreamTimeout.TotalMilliseconds),
@@ -257,6 +278,7 @@ internal sealed partial class McpSession : IAsyncDisposable
                 _ = CancelUpstreamAsync(pending.RawId, SessionMessages.CancelledClientGone);
             }
         }
+        AbortHeld(sink, SessionMessages.CancelledClientGone);
     }
 
     /// <summary>Fails requests whose upstream answer is overdue. Called by the engine's heartbeat.</summary>
@@ -323,6 +345,7 @@ internal sealed partial class McpSession : IAsyncDisposable
         {
             Fail(pending, ErrorCodes.UpstreamUnavailable, message, outcome);
         }
+        AbortHeld(null, message);
         Volatile.Read(ref _stream)?.Complete();
         if (Interlocked.Exchange(ref _connection, null) is { } connection)
         {

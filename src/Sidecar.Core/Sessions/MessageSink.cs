@@ -57,6 +57,14 @@ internal sealed class MessageSink : IValueTaskSource<bool>
 
     public long Dropped => Interlocked.Read(ref _dropped);
 
+    private int _held;
+
+    /// <summary>Calls of this sink's request that wait for a person's approval (they need no in-flight place meanwhile).</summary>
+    public int Held => Volatile.Read(ref _held);
+
+    /// <summary>Counts a call held for approval (<see cref="Held"/>).</summary>
+    public void MarkHeld() => Interlocked.Increment(ref _held);
+
     /// <summary>
     /// Queues a message for the agent. False once the sink is complete (the stream it fed has ended). The reader holds
     /// a message with an <paramref name="auditTicket"/> back until its audit record is written.

@@ -3,6 +3,7 @@ using System.Collections.Concurrent;
 using System.Runtime.CompilerServices;
 using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
+using Sidecar.Approvals;
 using Sidecar.Audit;
 using Sidecar.Configuration;
 using Sidecar.Decisions;
@@ -61,6 +62,9 @@ internal sealed partial class SessionEngine : IAsyncDisposable
         Log = new SessionLog(loggers.CreateLogger("Sidecar.Sessions"));
         Calls = new ToolCalls(Decisions, audit, Log);
         InFlight = new InFlightGate(snapshot.Options.Limits.MaxInFlight);
+        var audit0 = snapshot.Config.Audit;
+        Approvals = new ApprovalBook(snapshot.Config.Approvals, audit, new AuditRedactor(audit0.RedactKeys, audit0.MaxStringLength),
+            loggers.CreateLogger("Sidecar.Approvals"));
         foreach (var server in snapshot.Servers.Values)
         {
             Log.ServerReady(server.Name, server.Config.TransportName, server.Config.PolicyPath ?? "(none: everything denied)");
@@ -75,6 +79,9 @@ internal sealed partial class SessionEngine : IAsyncDisposable
     public RateLimitStore Store { get; }
     public DecisionEngine Decisions { get; }
     public ToolCalls Calls { get; }
+
+    /// <summary>Pending approvals (in memory) of calls whose rule is <c>require_approval</c>.</summary>
+    public ApprovalBook Approvals { get; }
     internal SessionLog Log { get; }
 
     /// <summary>The cap on agent requests in flight (<c>limits.maxInFlight</c>).</summary>
@@ -313,6 +320,7 @@ internal sealed partial class SessionEngine : IAsyncDisposable
                     _ = session.DisposeAsync().AsTask();
                 }
             }
+            Approvals.Sweep();
             if (sweep)
             {
                 _lastSweep = now;
@@ -342,6 +350,7 @@ internal sealed partial class SessionEngine : IAsyncDisposable
     {
         var previous = Interlocked.Exchange(ref _snapshot, next);
         InFlight.Capacity = next.Options.Limits.MaxInFlight;
+        Approvals.Configure(next.Config.Approvals);
         foreach (var (name, server) in previous.Servers)
         {
             var kept = next.Find(name);
@@ -400,5 +409,6 @@ internal sealed partial class SessionEngine : IAsyncDisposable
         {
             server.Upstream.Retire();
         }
+        await Approvals.DisposeAsync().ConfigureAwait(false);
     }
 }

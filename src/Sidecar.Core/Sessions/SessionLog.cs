@@ -69,4 +69,10 @@ internal sealed partial class SessionLog(ILogger logger)
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Server {Server} removed by a reload: closing its {Count} sessions")]
     public partial void ServerRemoved(string server, int count);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Released {Server}/{Tool} by approval {Approval} (session {Session})")]
+    public partial void Released(string server, string tool, string approval, string session);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "A call of {Server}/{Tool} held for approval failed")]
+    public partial void HeldCallFailed(string server, string tool, Exception exception);
 }

@@ -27,6 +27,12 @@ internal static class SessionMessages
 
     public static string InvalidParams(string? error) => "Invalid params: " + error;
 
+    public static string NoCanonicalArguments(string? error) => "the arguments cannot be put in canonical form for an approval: " + error;
+
+    public static string ApprovalsFull(int max) => $"{max} approvals are pending already (approvals.maxPending); retry later";
+
+    public static string HeldCallAborted(string why) => $"the call waited for approval and was given up: {why}";
+
     public static string BatchNotAllowed(string? version) =>
         $"Invalid Request: JSON-RPC batches are not part of MCP {version ?? "before initialize"} (only 2025-03-26 has them); send one message per request";
 

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Text.Json;
+using Sidecar.Approvals;
 using Sidecar.Audit;
 using Sidecar.Configuration;
 using Sidecar.Decisions;
@@ -22,6 +23,12 @@ internal enum CallVerdict : byte
 
     /// <summary>Refuse it with -32015 <c>audit_backlog</c>: its audit record found no room (<c>audit.onFull: shed</c>).</summary>
     AuditBacklog,
+
+    /// <summary>
+    /// Its rule is <c>require_approval</c> and the admin API is on: hold it until a person approves or denies it, or
+    /// the hold runs out. Nothing is recorded yet.
+    /// </summary>
+    Hold,
 }
 
 /// <summary>The one place a <c>tools/call</c> is decided, for sessions and stateless requests alike.</summary>
@@ -54,30 +61,122 @@ internal sealed class ToolCalls(DecisionEngine decisions, AuditRecorder audit, S
         var arguments = scan.Arguments.IsEmpty ? default : message.Slice(scan.Arguments.Start, scan.Arguments.Length);
         var reader = scan.Arguments.IsEmpty ? new Utf8JsonReader(DecisionEngine.NoArguments) : new Utf8JsonReader(arguments);
         decisions.Decide(server.PolicyFor(caller), context, name, reader, approved: false, out decision);
+        if (decision.Outcome == DecisionOutcome.RequireApproval && decision.Enforced && options.ApprovalsEnabled)
+        {
+            // Held for a person (McpSession.Hold): recorded once it ends, approved, refused or not decided in time.
+            auditId = 0;
+            ticket = 0;
+            tool = name.ToString();
+            return CallVerdict.Hold;
+        }
         // An id split across body segments is rare (ids are short): only then is it copied.
         var id = rawId.IsSingleSegment ? rawId.FirstSpan : rawId.ToArray();
+        var verdict = Record(server.Name, context, name, id, arguments, ref decision, out auditId, out ticket);
+        tool = verdict == CallVerdict.Forward ? null : name.ToString();
+        return verdict;
+    }
+
+    /// <summary>
+    /// A held call a person approved (<paramref name="approvalId"/>): decided again as approved (its limits are taken
+    /// now) and recorded with the approval's id. <see cref="CallVerdict.Forward"/> unless a limit refuses it now or its
+    /// record finds no room.
+    /// </summary>
+    public CallVerdict Release(ServerState server, in Caller caller, ReadOnlySequence<byte> message, in JsonRpcScan scan, in CallContext context,
+        ReadOnlySpan<byte> rawId, string tool, string approvalId, out Decision decision, out long auditId, out long ticket)
+    {
+        var arguments = scan.Arguments.IsEmpty ? default : message.Slice(scan.Arguments.Start, scan.Arguments.Length);
+        var reader = scan.Arguments.IsEmpty ? new Utf8JsonReader(DecisionEngine.NoArguments) : new Utf8JsonReader(arguments);
+        decisions.Decide(server.PolicyFor(caller), context, tool, reader, approved: true, out decision);
+        decision.ApprovalId = approvalId;
+        decision.ApprovalStatus = ApprovalStatus.Used;
+        return Record(server.Name, context, tool, rawId, arguments, ref decision, out auditId, out ticket);
+    }
+
+    /// <summary>
+    /// A held call that ends without being made: <paramref name="decision"/> (<c>require_approval</c>, with the approval's
+    /// id and status) is recorded. Returns the ticket its answer waits for.
+    /// </summary>
+    public long RecordRefusal(string server, in CallContext context, ReadOnlySequence<byte> message, in JsonRpcScan scan, ReadOnlySpan<byte> rawId,
+        string tool, ref Decision decision)
+    {
+        var arguments = scan.Arguments.IsEmpty ? default : message.Slice(scan.Arguments.Start, scan.Arguments.Length);
+        // No room for the record: the answer is a refusal either way, and the recorder counts what it could not keep.
+        Record(server, context, tool, rawId, arguments, ref decision, out _, out var ticket);
+        return ticket;
+    }
+
+    /// <summary>
+    /// A <see cref="CallVerdict.Hold"/> call that cannot be held (a stateless request: no session to answer it
+    /// later): the approval is asked for, or found, at once. Released by an approval for exactly this call it is
+    /// decided again as approved (<see cref="Release"/>); otherwise it is refused with -32012 (pending) or -32013
+    /// (denied), recorded with the approval's id.
+    /// </summary>
+    public CallVerdict Ask(ApprovalBook book, ServerState server, in Caller caller, ReadOnlySequence<byte> message, in JsonRpcScan scan, in CallContext context,
+        ReadOnlySpan<byte> rawId, string tool, ref Decision decision, out long auditId, out long ticket)
+    {
+        auditId = 0;
+        var arguments = scan.Arguments.IsEmpty ? ReadOnlySequence<byte>.Empty : message.Slice(scan.Arguments.Start, scan.Arguments.Length);
+        var contiguous = arguments.IsSingleSegment ? arguments.FirstSpan : arguments.ToArray();
+        if (!CanonicalArguments.TryHash(contiguous, out var sha, out var error))
+        {
+            decision.Outcome = DecisionOutcome.InvalidArguments;
+            decision.Reason = SessionMessages.NoCanonicalArguments(error);
+            ticket = RecordRefusal(server.Name, context, message, scan, rawId, tool, ref decision);
+            return CallVerdict.Blocked;
+        }
+        var opened = book.Open(new ApprovalKey(server.Name, caller.Identity, caller.Grant, tool, sha), contiguous, decision.ApprovalTimeout, out var approval);
+        if (opened == ApprovalTicket.Released)
+        {
+            var verdict = Release(server, caller, message, scan, context, rawId, tool, approval!.Id, out decision, out auditId, out ticket);
+            if (verdict is CallVerdict.Blocked or CallVerdict.AuditBacklog)
+            {
+                book.Restore(approval);
+            }
+            return verdict;
+        }
+        decision.ApprovalId = approval?.Id;
+        switch (opened)
+        {
+            case ApprovalTicket.Denied:
+                decision.ApprovalStatus = ApprovalStatus.Denied;
+                decision.Reason = approval!.Reason ?? decision.Reason;
+                break;
+            case ApprovalTicket.Full:
+                decision.Reason = SessionMessages.ApprovalsFull(book.MaxPending);
+                break;
+            default:
+                decision.ApprovalStatus = ApprovalStatus.Pending;
+                decision.RetryAfterMs = McpSession.PendingRetryAfterMs;
+                break;
+        }
+        ticket = RecordRefusal(server.Name, context, message, scan, rawId, tool, ref decision);
+        return CallVerdict.Blocked;
+    }
+
+    /// <summary>Records a decision and says what to do with the call; a record with no room under <c>onFull: shed</c> refuses it.</summary>
+    private CallVerdict Record(string server, in CallContext context, ReadOnlySpan<char> name, ReadOnlySpan<byte> id, in ReadOnlySequence<byte> arguments,
+        ref Decision decision, out long auditId, out long ticket)
+    {
         var forwarded = !decision.Blocks;
-        if (!audit.TryRecordDecision(server.Name, context, name, id, arguments, decision, forwarded, out auditId, out ticket)
+        if (!audit.TryRecordDecision(server, context, name, id, arguments, decision, forwarded, out auditId, out ticket)
             && audit.OnFull == AuditOverflow.Shed)
         {
             // No forwarded call goes unrecorded: refused before anything leaves, tokens given back. Counted by the
             // recorder and logged by the audit writer (not here: this is what a flood looks like).
             decisions.Refund(ref decision);
-            tool = name.ToString();
             return CallVerdict.AuditBacklog;
         }
         if (decision.IsAllowed)
         {
-            tool = null;
             return CallVerdict.Forward;
         }
-        tool = name.ToString();
+        var tool = name.ToString();
         if (!decision.Enforced)
         {
-            log.Shadow(server.Name, tool, decision.Outcome.ToWireName(), decision.Rule, decision.Reason);
+            log.Shadow(server, tool, decision.Outcome.ToWireName(), decision.Rule, decision.Reason);
             return CallVerdict.Shadow;
         }
-        log.Blocked(server.Name, tool, context.Session ?? "stateless", decision.Outcome.ToWireName(), decision.Rule, decision.Reason);
+        log.Blocked(server, tool, context.Session ?? "stateless", decision.Outcome.ToWireName(), decision.Rule, decision.Reason);
         return CallVerdict.Blocked;
     }
 

@@ -74,6 +74,16 @@ internal static class GatewayHost
             // is set at start and could not follow.
             kestrel.Limits.MaxRequestBodySize = null;
             kestrel.Listen(address, port);
+            if (config.Admin is { } admin)
+            {
+                // The admin API's own socket: its connections are marked, and only the admin API answers them.
+                SidecarConfigReader.TryParseListen(admin.Listen, out var adminHost, out var adminPort);
+                kestrel.Listen(adminHost == "localhost" ? IPAddress.Loopback : IPAddress.Parse(adminHost), adminPort, listen => listen.Use(next => connection =>
+                {
+                    connection.Features.Set(AdminConnectionFeature.Instance);
+                    return next(connection);
+                }));
+            }
         });
 
         // Stopping: when the host begins to stop (ApplicationStopping, before the web server waits for the requests
@@ -92,6 +102,13 @@ internal static class GatewayHost
         app.Lifetime.ApplicationStarted.Register(gateway.Start);
         app.Lifetime.ApplicationStopping.Register(gateway.BeginStopping);
         var logger = loggers.CreateLogger("Sidecar.Http");
+        if (config.Admin is not null)
+        {
+            // First in the pipeline: a request on the admin listener reaches the admin API and nothing else, and the
+            // admin API is mapped on no route of the agent listener.
+            var adminApi = new AdminApi(gateway, loggers.CreateLogger("Sidecar.Admin"));
+            app.Use(next => context => AdminApi.IsAdminConnection(context) ? adminApi.HandleAsync(context) : next(context));
+        }
         var streamable = new StreamableHttpEndpoint(gateway, new StatelessEndpoint(gateway, logger));
         var legacy = new LegacySseEndpoint(gateway);
 
@@ -159,8 +176,15 @@ internal static class GatewayHost
         return $"ready: {engine.Current.Servers.Count} servers, {engine.SessionCount} sessions, {engine.InFlight.Count} of {engine.InFlight.Capacity} requests in flight"
             + (gateway.Audit is { } audit
                 ? $"; audit queue {audit.Recorder.Queue!.Credits} of {audit.Recorder.Queue.Capacity} places taken, {audit.Recorder.Shed} calls shed, {audit.Recorder.Dropped} records dropped"
-                : "; audit off");
+                : "; audit off")
+            + ApprovalsReadiness(engine.Approvals);
     }
+
+    /// <summary>The pending approvals and, with a webhook, what became of its deliveries (retries and failures counted).</summary>
+    private static string ApprovalsReadiness(Sidecar.Approvals.ApprovalBook approvals)
+        => approvals.Webhook is { } webhook
+            ? $"; approvals: {approvals.PendingCount} pending, webhook {webhook.Delivered} delivered, {webhook.Retries} retries, {webhook.Failed} failed, {webhook.Dropped} dropped"
+            : approvals.PendingCount > 0 ? $"; approvals: {approvals.PendingCount} pending" : "";
 }
 
 /// <summary>Disposes the gateway when the host stops, asynchronously.</summary>

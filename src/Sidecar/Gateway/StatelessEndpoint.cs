@@ -62,7 +62,14 @@ internal sealed class StatelessEndpoint(Gateway gateway, ILogger logger)
         var decided = false;
         if (scan.Method == McpMethod.ToolsCall)
         {
-            var verdict = Engine.Calls.Decide(server, caller, snapshot.Options, body, scan, new CallContext(caller.Identity, caller.Grant, null), rawIdToken, out decision, out var tool, out auditId, out var ticket);
+            var callContext = new CallContext(caller.Identity, caller.Grant, null);
+            var verdict = Engine.Calls.Decide(server, caller, snapshot.Options, body, scan, callContext, rawIdToken, out decision, out var tool, out auditId, out var ticket);
+            if (verdict == CallVerdict.Hold)
+            {
+                // No session to answer later: asked for (or found) at once; the identical retry passes once approved.
+                var id = rawIdToken.IsSingleSegment ? rawIdToken.FirstSpan : rawIdToken.ToArray();
+                verdict = Engine.Calls.Ask(Engine.Approvals, server, caller, body, scan, callContext, id, tool!, ref decision, out auditId, out ticket);
+            }
             if (verdict is CallVerdict.Blocked or CallVerdict.AuditBacklog)
             {
                 // A denial is an answer, not a transport failure: HTTP 200 with the JSON-RPC error.

@@ -78,6 +78,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
             return;
         }
         var body = read.Buffer;
+        var holding = false;
         try
         {
             if (SessionEngine.Check(body, snapshot.Options, out var scan) is { } refusal)
@@ -158,6 +159,13 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
                 session!.Abandon(sink);
                 return;
             }
+            if (sink.Held > 0)
+            {
+                // A call waits for a person: the body (copied where needed) and the in-flight place go back now.
+                holding = true;
+                context.Request.BodyReader.AdvanceTo(body.End);
+                Engine.InFlight.Exit();
+            }
 
             if (expected == 0)
             {
@@ -181,8 +189,11 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
         }
         finally
         {
-            context.Request.BodyReader.AdvanceTo(body.End);
-            Engine.InFlight.Exit();
+            if (!holding)
+            {
+                context.Request.BodyReader.AdvanceTo(body.End);
+                Engine.InFlight.Exit();
+            }
         }
     }
 

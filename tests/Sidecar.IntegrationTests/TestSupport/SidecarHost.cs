@@ -42,6 +42,9 @@ public sealed class SidecarHost : IAsyncDisposable
     /// <summary>Everything the gateway logged, for diagnosing a failed test.</summary>
     public StringBuilder Log { get; }
 
+    /// <summary>The admin API's address, when the config has <c>admin</c>.</summary>
+    public Uri? AdminUrl { get; private init; }
+
     public Uri McpUrl(string server) => new(BaseUrl, $"/servers/{server}/mcp");
 
     public Uri SseUrl(string server) => new(BaseUrl, $"/servers/{server}/sse");
@@ -62,6 +65,10 @@ public sealed class SidecarHost : IAsyncDisposable
         // Listening on a free port: written into the file too, so that a reload reads the address the gateway has.
         var json = System.Text.Json.Nodes.JsonNode.Parse(configJson)!.AsObject();
         json["listen"] = "127.0.0.1:0";
+        if (json["admin"] is System.Text.Json.Nodes.JsonObject admin)
+        {
+            admin["listen"] = "127.0.0.1:0";
+        }
         await File.WriteAllTextAsync(configPath, json.ToJsonString());
         var config = SidecarConfigReader.LoadFile(configPath);
         if (ReferenceEquals(config.Audit, AuditConfig.Default))
@@ -73,8 +80,9 @@ public sealed class SidecarHost : IAsyncDisposable
         var log = new StringBuilder();
         var app = GatewayHost.Build(config, LogLevel.Debug, logging => logging.AddProvider(new StringLoggerProvider(log)));
         await app.StartAsync();
-        var address = app.Urls.Single();
-        return new SidecarHost(app, folder, new Uri(address), log);
+        // Kestrel binds in order: the agent listener first, then the admin API's (when configured).
+        var addresses = app.Urls.ToList();
+        return new SidecarHost(app, folder, new Uri(addresses[0]), log) { AdminUrl = addresses.Count > 1 ? new Uri(addresses[1]) : null };
     }
 
     public async ValueTask DisposeAsync()

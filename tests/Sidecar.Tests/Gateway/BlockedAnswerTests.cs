@@ -29,7 +29,7 @@ public sealed class BlockedAnswerTests
     [InlineData("send_request", """{"url":"https://evil.example.org/"}""", -32014,
         """{"code":-32014,"message":"Tool \"send_request\" was called with arguments the policy does not accept: only api.example.com","data":{"tool":"send_request","server":"srv","decision":"invalid_arguments","rule":"tools.send_request.require[0]","reason":"only api.example.com"}}""")]
     [InlineData("drop_flow", "{}", -32012,
-        """{"code":-32012,"message":"Tool \"drop_flow\" requires approval: the call requires approval; no approver is configured on this gateway, so the call was not made","data":{"tool":"drop_flow","server":"srv","decision":"require_approval","rule":"tools.drop_flow","reason":"the call requires approval"}}""")]
+        """{"code":-32012,"message":"Tool \"drop_flow\" requires approval: the call requires approval; no approver is configured on this gateway (no admin API), so the call was not made","data":{"tool":"drop_flow","server":"srv","decision":"require_approval","rule":"tools.drop_flow","reason":"the call requires approval"}}""")]
     public async Task Each_blocked_outcome_has_its_code_message_and_data(string tool, string arguments, int code, string error)
     {
         var (session, connector, pipeline) = SessionHarness.Create(AuditTest.Config(), Policy);

@@ -222,7 +222,7 @@ internal sealed partial class McpSession
 
     /// <summary>
     /// Ends the held calls of <paramref name="sink"/> (the agent went away: nothing to answer) or all of them (the
-    /// session is closing: each gets -32016 with <paramref name="message"/>); each is recorded as not made. Their
+    /// session is closing: each gets -32016); each is recorded as not made, with <paramref name="message"/> as why. Their
     /// approvals stay: an identical call later finds them.
     /// </summary>
     private void AbortHeld(MessageSink? sink, string message)
@@ -240,7 +240,7 @@ internal sealed partial class McpSession
             var ticket = _engine.Calls.RecordRefusal(held.Server.Name, held.Context, held.Sequence, held.Scan, held.RawId, held.Tool, ref decision);
             if (sink is null)
             {
-                held.Sink.TryWrite(JsonRpcResponses.Error(held.RawId, ErrorCodes.UpstreamUnavailable, message), true, ticket);
+                held.Sink.TryWrite(JsonRpcResponses.Error(held.RawId, ErrorCodes.UpstreamUnavailable, SessionMessages.HeldCallClosed), true, ticket);
             }
             try
             {

@@ -340,12 +340,13 @@ internal sealed partial class McpSession : IAsyncDisposable
             return;
         }
         _engine.Forget(this);
+        // Held calls first: each is answered and recorded before the lifetime's cancellation ends its wait.
+        AbortHeld(null, message);
         await _lifetime.CancelAsync().ConfigureAwait(false);
         foreach (var (_, pending) in _pending)
         {
             Fail(pending, ErrorCodes.UpstreamUnavailable, message, outcome);
         }
-        AbortHeld(null, message);
         Volatile.Read(ref _stream)?.Complete();
         if (Interlocked.Exchange(ref _connection, null) is { } connection)
         {

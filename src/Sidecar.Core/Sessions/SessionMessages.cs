@@ -11,6 +11,7 @@ internal static class SessionMessages
     public const string DiscoverInSession = "Method not found: server/discover (this session uses initialize)";
     public const string DuplicateId = "Invalid Request: a request with this id is already in flight";
     public const string SessionClosed = "The session was closed";
+    public const string HeldCallClosed = "The session was closed while the call waited for approval; the call was not made";
     public const string ShuttingDown = "Sidecar is shutting down: the call was not answered by the upstream in time (whether it ran is unknown)";
     public const string UncheckableToolList = "Internal error: the upstream tools/list response could not be checked";
     public const string InitializeInBatch = "Invalid Request: initialize cannot be part of a batch";

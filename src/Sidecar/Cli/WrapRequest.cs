@@ -55,7 +55,8 @@ internal sealed record WrapRequest(string? Policy, string? Upstream, string[] He
         {
             throw new WrapUsageException($"{Config}: audit.stdout would mix audit events into the MCP messages on stdout; use a file or http sink with wrap");
         }
-        return config with { Servers = [server], Audit = audit };
+        // wrap serves no admin API (nobody could approve): a require_approval call is refused at once, as documented.
+        return config with { Servers = [server], Audit = audit, Admin = null };
     }
 
     private SidecarConfig FromArguments()

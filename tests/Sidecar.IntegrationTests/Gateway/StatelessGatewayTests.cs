@@ -20,6 +20,8 @@ public sealed class StatelessGatewayFixture : IAsyncLifetime
 {
     private Process? _server;
 
+    public const string AdminToken = "stateless-admin-token-0123456789";
+
     public SidecarHost Sidecar { get; private set; } = null!;
 
     public async Task InitializeAsync()
@@ -69,7 +71,8 @@ public sealed class StatelessGatewayFixture : IAsyncLifetime
             { "version": "1", "default": "deny", "hide": ["secret"],
               "tools": {
                 "echo": { "limits": [ { "counter": "echo", "window": "hour", "max": 1000 } ] },
-                "add": { "deny_if": [ { "path": "args.a", "op": "gt", "value": 100 } ], "reason": "a is capped at 100" } } }
+                "add": { "deny_if": [ { "path": "args.a", "op": "gt", "value": 100 } ], "reason": "a is capped at 100" },
+                "deploy": { "action": "require_approval" } } }
             """;
         var config = JsonSerializer.Serialize(new Dictionary<string, object>
         {
@@ -78,6 +81,7 @@ public sealed class StatelessGatewayFixture : IAsyncLifetime
                 ["modern"] = new Dictionary<string, object> { ["url"] = $"http://127.0.0.1:{port}/mcp", ["transport"] = "streamable-http" },
             },
             ["policy"] = "policy.json",
+            ["admin"] = new Dictionary<string, object> { ["listen"] = "127.0.0.1:0", ["token"] = AdminToken },
         });
         Sidecar = await SidecarHost.StartAsync(config, new Dictionary<string, string> { ["policy.json"] = policy });
     }
@@ -134,6 +138,33 @@ public sealed class StatelessGatewayTests(StatelessGatewayFixture fixture) : ICl
 
         var hidden = await Assert.ThrowsAsync<McpProtocolException>(() => client.CallToolAsync("secret", new Dictionary<string, object?>(), cancellationToken: Timeout()).AsTask());
         Assert.Equal(-32010, (int)hidden.ErrorCode);
+    }
+
+    [Fact]
+    public async Task A_stateless_call_that_needs_approval_is_refused_at_once_and_its_identical_retry_passes_once_approved()
+    {
+        string Call(int id) => "{\"jsonrpc\":\"2.0\",\"id\":" + id + ",\"method\":\"tools/call\",\"params\":{\"name\":\"deploy\",\"arguments\":{\"target\":\"staging\"}," + Meta + "}}";
+        (string, string)[] headers = [("Mcp-Method", "tools/call"), ("Mcp-Name", "deploy")];
+        var (status, body) = await PostAsync(Call(1), headers);
+        Assert.Equal(HttpStatusCode.OK, status);
+        var error = JsonDocument.Parse(body).RootElement.GetProperty("error");
+        Assert.Equal(-32012, error.GetProperty("code").GetInt32());
+        Assert.Equal("pending", error.GetProperty("data").GetProperty("status").GetString());
+        var id = error.GetProperty("data").GetProperty("approvalId").GetString()!;
+
+        using (var approve = new HttpRequestMessage(HttpMethod.Post, new Uri(fixture.Sidecar.AdminUrl!, $"/v1/approvals/{id}/approve")))
+        {
+            approve.Headers.Authorization = new AuthenticationHeaderValue("Bearer", StatelessGatewayFixture.AdminToken);
+            using var approved = await _http.SendAsync(approve);
+            Assert.Equal(HttpStatusCode.OK, approved.StatusCode);
+        }
+
+        var (_, retried) = await PostAsync(Call(2), headers);
+        Assert.Contains("deployed staging", retried, StringComparison.Ordinal);
+        var (_, again) = await PostAsync(Call(3), headers);
+        var second = JsonDocument.Parse(again).RootElement.GetProperty("error");
+        Assert.Equal(-32012, second.GetProperty("code").GetInt32());
+        Assert.NotEqual(id, second.GetProperty("data").GetProperty("approvalId").GetString());
     }
 
     private async Task<(HttpStatusCode Status, string Body)> PostAsync(string body, params (string Name, string Value)[] headers)

@@ -407,6 +407,18 @@ public sealed class ApprovalTests : IAsyncLifetime
         var echo = await RawCallAsync(sidecar, session, RawMcp.CallBody("9", "echo", """{"message":"still here"}"""));
         Assert.True(echo.TryGetProperty("result", out _));
         Assert.Equal(3, (await PendingAsync(sidecar)).Length);
+
+        // The failed deliveries are retried with backoff (the first after about a second), and counted.
+        var deadline = DateTime.UtcNow + s_bound;
+        string ready;
+        do
+        {
+            await Task.Delay(200);
+            ready = await _http.GetStringAsync(new Uri(sidecar.BaseUrl, "/readyz"));
+        }
+        while (!System.Text.RegularExpressions.Regex.IsMatch(ready, @"webhook 0 delivered, [1-9]\d* retries") && DateTime.UtcNow < deadline);
+        Assert.Matches(@"approvals: 3 pending, webhook 0 delivered, [1-9]\d* retries", ready);
+        Assert.True(_webhook.Requests.Count >= 4, $"{_webhook.Requests.Count} deliveries arrived");
     }
 
     [Fact]
@@ -504,6 +516,23 @@ public sealed class ApprovalTests : IAsyncLifetime
         var session = await OpenRawSessionAsync(sidecar);
         var echo = await RawCallAsync(sidecar, session, RawMcp.CallBody("1", "echo", """{"message":"old policy"}"""));
         Assert.True(echo.TryGetProperty("result", out _), echo.ToString());
+        await File.WriteAllTextAsync(policy, Policy);
+
+        // The admin token changes live; the admin listener does not (it needs a restart).
+        var config = System.Text.Json.Nodes.JsonNode.Parse(await File.ReadAllTextAsync(sidecar.ConfigFile))!.AsObject();
+        config["admin"]!["token"] = AdminToken + "-rotated";
+        await File.WriteAllTextAsync(sidecar.ConfigFile, config.ToJsonString());
+        Assert.Equal(HttpStatusCode.OK, (await AdminAsync(sidecar, HttpMethod.Post, "/v1/reload")).Status);
+        Assert.Equal(HttpStatusCode.Unauthorized, (await AdminAsync(sidecar, HttpMethod.Get, "/v1/approvals")).Status);
+        Assert.Equal(HttpStatusCode.OK, (await AdminAsync(sidecar, HttpMethod.Get, "/v1/approvals", token: AdminToken + "-rotated")).Status);
+
+        config["admin"]!["listen"] = "127.0.0.1:1";
+        await File.WriteAllTextAsync(sidecar.ConfigFile, config.ToJsonString());
+        var (moved, why) = await AdminAsync(sidecar, HttpMethod.Post, "/v1/reload", token: AdminToken + "-rotated");
+        Assert.Equal(HttpStatusCode.UnprocessableEntity, moved);
+        var error = Assert.Single(why.GetProperty("errors").EnumerateArray());
+        Assert.Equal("$.admin.listen", error.GetProperty("path").GetString());
+        Assert.Contains("restart", error.GetProperty("message").GetString(), StringComparison.Ordinal);
     }
 
     [Fact]

@@ -135,7 +135,7 @@ public sealed class ApprovalWebhook : IAsyncDisposable
         _retryBase = retryBase;
         _maxAttempts = maxAttempts;
         _safeUrl = HttpUpstream.Describe(config.Url);
-        _headers = PrepareHeaders(config.Headers, config.Url, _secrets, logger);
+        _headers = _secrets.PrepareHeaders(config.Headers, config.Url, s_reserved, name => ApprovalWebhookLog.HeaderIgnored(logger, name));
         _key = config.HmacKey is { } key ? Encoding.UTF8.GetBytes(key) : null;
         _queue = Channel.CreateBounded<Delivery>(new BoundedChannelOptions(queueCapacity)
         {
@@ -439,31 +439,6 @@ public sealed class ApprovalWebhook : IAsyncDisposable
         Span<byte> mac = stackalloc byte[HMACSHA256.HashSizeInBytes];
         HMACSHA256.HashData(key, body, mac);
         return "sha256=" + Convert.ToHexStringLower(mac);
-    }
-
-    /// <summary>
-    /// Keeps the usable configured headers, and lists what to mask in failure reasons: header values (and a scheme's
-    /// token on its own), and the URL's user info and query, which can hold credentials too.
-    /// </summary>
-    private static KeyValuePair<string, string>[] PrepareHeaders(IReadOnlyDictionary<string, string> configured, Uri url, SecretMask secrets, ILogger logger)
-    {
-        var headers = new List<KeyValuePair<string, string>>();
-        secrets.Add(url.UserInfo);
-        secrets.Add(url.Query.TrimStart('?'));
-        using var probe = new HttpRequestMessage();
-        foreach (var (name, value) in configured)
-        {
-            // A content header (or an invalid name) cannot be a request header; the probe tells which without guessing.
-            if (Array.Exists(s_reserved, r => string.Equals(r, name, StringComparison.OrdinalIgnoreCase))
-                || !probe.Headers.TryAddWithoutValidation(name, value))
-            {
-                ApprovalWebhookLog.HeaderIgnored(logger, name);
-                continue;
-            }
-            headers.Add(new(name, value));
-            secrets.AddHeaderValue(value);
-        }
-        return [.. headers];
     }
 
     /// <summary>One body to deliver: its id (the delivery header) and, once computed, its signature, both kept across retries.</summary>

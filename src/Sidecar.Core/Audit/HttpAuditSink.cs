@@ -117,7 +117,7 @@ public sealed class HttpAuditSink : IAuditSink
         _config = config;
         _logger = logger;
         _safeUrl = HttpUpstream.Describe(config.Url);
-        _headers = PrepareHeaders(config.Headers, config.Url, _secrets, logger);
+        _headers = _secrets.PrepareHeaders(config.Headers, config.Url, s_reserved, name => HttpAuditSinkLog.HeaderIgnored(logger, name));
 
         _spool = new AuditSpool(config.SpoolDirectory);
         foreach (var entry in _spool.Recovered)
@@ -646,31 +646,6 @@ public sealed class HttpAuditSink : IAuditSink
     }
 
     private string Redact(string text) => _secrets.Redact(text);
-
-    /// <summary>
-    /// Keeps the usable configured headers, and lists what to mask in error texts: header values (and a scheme's
-    /// token on its own), and the URL's user info and query, which can hold credentials too.
-    /// </summary>
-    private static KeyValuePair<string, string>[] PrepareHeaders(IReadOnlyDictionary<string, string> configured, Uri url, SecretMask secrets, ILogger logger)
-    {
-        var headers = new List<KeyValuePair<string, string>>();
-        secrets.Add(url.UserInfo);
-        secrets.Add(url.Query.TrimStart('?'));
-        using var probe = new HttpRequestMessage();
-        foreach (var (name, value) in configured)
-        {
-            // A content header (or an invalid name) cannot be a request header; the probe tells which without guessing.
-            if (Array.Exists(s_reserved, r => string.Equals(r, name, StringComparison.OrdinalIgnoreCase))
-                || !probe.Headers.TryAddWithoutValidation(name, value))
-            {
-                HttpAuditSinkLog.HeaderIgnored(logger, name);
-                continue;
-            }
-            headers.Add(new(name, value));
-            secrets.AddHeaderValue(value);
-        }
-        return [.. headers];
-    }
 
     /// <summary>A batch held in memory: its own copy of the lines, and its place in the order.</summary>
     private sealed record PendingBatch(long Ordinal, long FirstSequence, long LastSequence, long Count, byte[] Lines);

@@ -105,22 +105,8 @@ internal static class ApprovalsConfigReader
             return null;
         }
         var members = new PolicyConfigReader.MemberReader(obj, diagnostics);
-        Uri? url = null;
-        if (members.Take("url") is { } urlNode && PolicyConfigReader.ReadString(urlNode, diagnostics) is { } urlText)
-        {
-            if (!Uri.TryCreate(urlText, UriKind.Absolute, out url) || (url.Scheme != Uri.UriSchemeHttp && url.Scheme != Uri.UriSchemeHttps))
-            {
-                diagnostics.Add(urlNode, $"invalid url \"{urlText}\"; expected an absolute http:// or https:// URL");
-                url = null;
-            }
-        }
-        else
-        {
-            diagnostics.Add(obj, "\"webhook\" needs a \"url\"");
-        }
-        var headers = members.Take("headers") is { } headersNode
-            ? SidecarConfigReader.ReadStringMap(headersNode, environment, diagnostics, StringComparer.OrdinalIgnoreCase)
-            : new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
+        var (url, headers, timeout) = SidecarConfigReader.ReadHttpTarget(members, obj, "webhook", TimeSpan.FromSeconds(5), TimeSpan.FromMinutes(1), "1m",
+            environment, diagnostics);
         string? hmacKey = null;
         if (members.Take("hmacKey") is { } keyNode && PolicyConfigReader.ReadString(keyNode, diagnostics) is { } k
             && SidecarConfigReader.Expand(k, keyNode, environment, diagnostics) is { } key)
@@ -132,18 +118,6 @@ internal static class ApprovalsConfigReader
             else
             {
                 hmacKey = key;
-            }
-        }
-        var timeout = TimeSpan.FromSeconds(5);
-        if (members.Take("timeout") is { } timeoutNode)
-        {
-            if (PolicyConfigReader.TryReadDuration(timeoutNode, out var t) && t > TimeSpan.Zero && t <= TimeSpan.FromMinutes(1))
-            {
-                timeout = t;
-            }
-            else
-            {
-                diagnostics.Add(timeoutNode, $"invalid timeout {PolicyConfigReader.Describe(timeoutNode)}; expected a duration up to \"1m\"");
             }
         }
         members.ReportUnknown("url, headers, hmacKey, timeout");

@@ -123,40 +123,14 @@ internal static class AuditConfigReader
             return null;
         }
         var members = new PolicyConfigReader.MemberReader(obj, diagnostics);
-        Uri? url = null;
-        if (members.Take("url") is { } urlNode && PolicyConfigReader.ReadString(urlNode, diagnostics) is { } urlText)
-        {
-            if (!Uri.TryCreate(urlText, UriKind.Absolute, out url) || (url.Scheme != Uri.UriSchemeHttp && url.Scheme != Uri.UriSchemeHttps))
-            {
-                diagnostics.Add(urlNode, $"invalid url \"{urlText}\"; expected an absolute http:// or https:// URL");
-                url = null;
-            }
-        }
-        else
-        {
-            diagnostics.Add(obj, "\"http\" needs a \"url\"");
-        }
-        var headers = members.Take("headers") is { } headersNode
-            ? SidecarConfigReader.ReadStringMap(headersNode, environment, diagnostics, StringComparer.OrdinalIgnoreCase)
-            : new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
+        var (url, headers, timeout) = SidecarConfigReader.ReadHttpTarget(members, obj, "http", TimeSpan.FromSeconds(10), TimeSpan.FromMinutes(5), "5m",
+            environment, diagnostics);
         var spool = SidecarConfigReader.ResolvePath(baseDirectory, "sidecar-audit-spool");
         if (members.Take("spool") is { } spoolNode && PolicyConfigReader.ReadString(spoolNode, diagnostics) is { Length: > 0 } s)
         {
             spool = SidecarConfigReader.ResolvePath(baseDirectory, s);
         }
         var maxSpool = ReadLong(members.Take("maxSpoolBytes"), AuditHttpConfig.DefaultMaxSpoolBytes, 1024, long.MaxValue, "maxSpoolBytes", diagnostics);
-        var timeout = TimeSpan.FromSeconds(10);
-        if (members.Take("timeout") is { } timeoutNode)
-        {
-            if (PolicyConfigReader.TryReadDuration(timeoutNode, out var t) && t > TimeSpan.Zero && t <= TimeSpan.FromMinutes(5))
-            {
-                timeout = t;
-            }
-            else
-            {
-                diagnostics.Add(timeoutNode, $"invalid timeout {PolicyConfigReader.Describe(timeoutNode)}; expected a duration up to \"5m\"");
-            }
-        }
         members.ReportUnknown("url, headers, spool, maxSpoolBytes, timeout");
         return url is null ? null : new AuditHttpConfig(url, headers, spool, maxSpool, timeout);
     }

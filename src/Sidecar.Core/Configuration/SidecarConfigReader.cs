@@ -330,6 +330,45 @@ public static class SidecarConfigReader
         return true;
     }
 
+    /// <summary>
+    /// The <c>url</c>, <c>headers</c> (values <c>${NAME}</c>-expanded) and <c>timeout</c> (up to <paramref name="maxTimeout"/>)
+    /// of an outbound HTTP target (an audit sink, a webhook) named <paramref name="what"/>; the url is null when
+    /// missing or invalid (reported).
+    /// </summary>
+    internal static (Uri? Url, Dictionary<string, string> Headers, TimeSpan Timeout) ReadHttpTarget(PolicyConfigReader.MemberReader members, ConfigObject obj,
+        string what, TimeSpan defaultTimeout, TimeSpan maxTimeout, string maxText, Func<string, string?> environment, DiagnosticBag diagnostics)
+    {
+        Uri? url = null;
+        if (members.Take("url") is { } urlNode && PolicyConfigReader.ReadString(urlNode, diagnostics) is { } urlText)
+        {
+            if (!Uri.TryCreate(urlText, UriKind.Absolute, out url) || (url.Scheme != Uri.UriSchemeHttp && url.Scheme != Uri.UriSchemeHttps))
+            {
+                diagnostics.Add(urlNode, $"invalid url \"{urlText}\"; expected an absolute http:// or https:// URL");
+                url = null;
+            }
+        }
+        else
+        {
+            diagnostics.Add(obj, $"\"{what}\" needs a \"url\"");
+        }
+        var headers = members.Take("headers") is { } headersNode
+            ? ReadStringMap(headersNode, environment, diagnostics, StringComparer.OrdinalIgnoreCase)
+            : new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
+        var timeout = defaultTimeout;
+        if (members.Take("timeout") is { } timeoutNode)
+        {
+            if (PolicyConfigReader.TryReadDuration(timeoutNode, out var t) && t > TimeSpan.Zero && t <= maxTimeout)
+            {
+                timeout = t;
+            }
+            else
+            {
+                diagnostics.Add(timeoutNode, $"invalid timeout {PolicyConfigReader.Describe(timeoutNode)}; expected a duration up to \"{maxText}\"");
+            }
+        }
+        return (url, headers, timeout);
+    }
+
     internal static string ResolvePath(string baseDirectory, string path) => Path.GetFullPath(Path.Combine(baseDirectory, path));
 
     internal static List<string> ReadStringList(ConfigNode node, DiagnosticBag diagnostics)

@@ -363,8 +363,9 @@ public sealed class ApprovalWebhook : IAsyncDisposable
                 }
                 if (result is null)
                 {
-                    Interlocked.Increment(ref _delivered);
+                    // Logged first: whoever sees the counter move sees the line too.
                     ApprovalWebhookLog.DeliveredAfterRetries(_logger, delivery.Id, _safeUrl, attempt);
+                    Interlocked.Increment(ref _delivered);
                     return;
                 }
                 failure = result;
@@ -383,8 +384,8 @@ public sealed class ApprovalWebhook : IAsyncDisposable
 
     private void GiveUp(Delivery delivery, string failure)
     {
-        Interlocked.Increment(ref _failed);
         ApprovalWebhookLog.GaveUp(_logger, delivery.Id, _safeUrl, _maxAttempts, failure);
+        Interlocked.Increment(ref _failed);
     }
 
     /// <summary>A body cancelled by shutdown: counted as failed, logged once in <see cref="DisposeAsync"/>.</summary>

@@ -116,7 +116,8 @@ public sealed class ApprovalWebhookTests
         Assert.Equal(0, webhook.Retries);
         Assert.Equal(0, webhook.Failed);
 
-        await Until(() => webhook.Failed == 2, "both given up");
+        // The counter moves just before the log line is written: wait for both.
+        await Until(() => webhook.Failed == 2 && _loggers.Entries.Count(e => e.EventId.Id == 3203) == 2, "both given up");
         Assert.Equal(4, webhook.Retries); // 2 bodies × (3 attempts − the first)
         Assert.Equal(0, webhook.Delivered);
         Assert.Equal(0, webhook.Dropped);

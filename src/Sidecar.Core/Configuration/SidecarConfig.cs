@@ -38,6 +38,31 @@ public sealed record SidecarConfig(
 
     /// <summary><c>approvals</c>: how held calls wait, and the webhook.</summary>
     public ApprovalsConfig Approvals { get; init; } = ApprovalsConfig.Default;
+
+    /// <summary><c>logging</c>: the format and level of the log on stderr.</summary>
+    public LoggingConfig Logging { get; init; } = LoggingConfig.Default;
+}
+
+/// <summary>The log's format on stderr.</summary>
+public enum LogFormat : byte
+{
+    /// <summary>One JSON object per line (the default): <c>time, level, category, eventId?, message</c>, the message's values, <c>exception?</c>.</summary>
+    Json,
+
+    /// <summary>One line of text per entry, control characters escaped.</summary>
+    Text,
+}
+
+/// <summary><c>logging</c>: <see cref="Format"/> and, when set, <see cref="Level"/> (<c>--log-level</c> wins over it).</summary>
+public sealed record LoggingConfig(LogFormat Format, Microsoft.Extensions.Logging.LogLevel? Level)
+{
+    public static LoggingConfig Default { get; } = new(LogFormat.Json, null);
+
+    public static bool TryParseLevel(string text, out Microsoft.Extensions.Logging.LogLevel level)
+    {
+        level = default;
+        return !int.TryParse(text, out _) && Enum.TryParse(text, ignoreCase: true, out level) && Enum.IsDefined(level);
+    }
 }
 
 /// <summary>Bounds on what the gateway accepts and how long it waits.</summary>
@@ -65,6 +90,12 @@ public sealed record GatewayLimits(
 
     /// <summary><c>limits.maxSessionsPerIdentity</c>: sessions one identity may hold open (anonymous agents are not counted).</summary>
     public int MaxSessionsPerIdentity { get; init; } = DefaultMaxSessionsPerIdentity;
+
+    /// <summary>
+    /// <c>limits.shutdownGrace</c> (default 10 s): on SIGTERM, how long calls in flight may take to finish before the
+    /// rest are answered with -32016 "shutting down".
+    /// </summary>
+    public TimeSpan ShutdownGrace { get; init; } = TimeSpan.FromSeconds(10);
 
     /// <summary>The session cap of one server.</summary>
     public int SessionsPerServer(UpstreamTransport transport)

@@ -10,7 +10,7 @@ namespace Sidecar.Configuration;
 /// </summary>
 public static class SidecarConfigReader
 {
-    private const string TopFields = "listen, mcpServers, policy, blockedCalls, limits, allowedOrigins, allowedHosts, audit, identities, grants, admin, approvals";
+    private const string TopFields = "listen, mcpServers, policy, blockedCalls, limits, allowedOrigins, allowedHosts, audit, identities, grants, admin, approvals, logging";
     private const string ServerFields = "command, args, env, cwd, url, transport, headers, policy, type, description";
 
     public static SidecarConfig LoadFile(string path, Func<string, string?>? environment = null)
@@ -123,6 +123,8 @@ public static class SidecarConfigReader
             ? ApprovalsConfigReader.ReadApprovals(approvalsNode, environment, diagnostics)
             : ApprovalsConfig.Default;
 
+        var logging = members.Take("logging") is { } loggingNode ? ReadLogging(loggingNode, diagnostics) : LoggingConfig.Default;
+
         members.ReportUnknown(TopFields);
 
         T Invalid<T>(ConfigNode node, string message, T fallback)
@@ -133,7 +135,7 @@ public static class SidecarConfigReader
 
         return diagnostics.Items.Count > errorsBefore
             ? null
-            : new SidecarConfig(file, listen, servers, topPolicy, blocked, limits, origins, hosts, audit) { Identities = identities, Grants = grants, Admin = admin, Approvals = approvals };
+            : new SidecarConfig(file, listen, servers, topPolicy, blocked, limits, origins, hosts, audit) { Identities = identities, Grants = grants, Admin = admin, Approvals = approvals, Logging = logging };
     }
 
     private static ServerConfig? ReadServer(string name, ConfigNode node, string baseDirectory, string? topPolicy,
@@ -225,6 +227,45 @@ public static class SidecarConfigReader
                 cwd is null ? null : ResolvePath(baseDirectory, cwd), url, headers, policy);
     }
 
+    /// <summary><c>logging</c>: <c>format</c> (<c>json</c>, the default, or <c>text</c>) and <c>level</c>.</summary>
+    private static LoggingConfig ReadLogging(ConfigNode node, DiagnosticBag diagnostics)
+    {
+        if (node is not ConfigObject obj)
+        {
+            diagnostics.Add(node, $"\"logging\" must be an object with \"format\" and \"level\", not {node.KindName}");
+            return LoggingConfig.Default;
+        }
+        var members = new PolicyConfigReader.MemberReader(obj, diagnostics);
+        var logging = LoggingConfig.Default;
+        if (members.Take("format") is { } formatNode)
+        {
+            switch (PolicyConfigReader.ReadString(formatNode, diagnostics))
+            {
+                case "json":
+                    break;
+                case "text":
+                    logging = logging with { Format = LogFormat.Text };
+                    break;
+                case { } other:
+                    diagnostics.Add(formatNode, $"invalid logging.format \"{other}\"; expected \"json\" or \"text\"");
+                    break;
+            }
+        }
+        if (members.Take("level") is { } levelNode && PolicyConfigReader.ReadString(levelNode, diagnostics) is { } level)
+        {
+            if (LoggingConfig.TryParseLevel(level, out var parsed))
+            {
+                logging = logging with { Level = parsed };
+            }
+            else
+            {
+                diagnostics.Add(levelNode, $"invalid logging.level \"{level}\"; expected trace, debug, information, warning, error, critical or none");
+            }
+        }
+        members.ReportUnknown("format, level");
+        return logging;
+    }
+
     private static GatewayLimits ReadLimits(ConfigNode node, DiagnosticBag diagnostics)
     {
         var limits = GatewayLimits.Default;
@@ -264,7 +305,22 @@ public static class SidecarConfigReader
         {
             MaxSessionsPerIdentity = ReadCount(members.Take("maxSessionsPerIdentity"), "maxSessionsPerIdentity", limits.MaxSessionsPerIdentity, diagnostics),
         };
-        members.ReportUnknown("maxMessageBytes, upstreamTimeout, connectTimeout, maxSessions, maxSessionsPerServer, maxSessionsPerIdentity, sessionIdleTimeout, maxInFlight");
+        if (members.Take("shutdownGrace") is { } graceNode)
+        {
+            if (graceNode is ConfigScalar { Text: "0" or "0s" or "0ms" })
+            {
+                limits = limits with { ShutdownGrace = TimeSpan.Zero };
+            }
+            else if (PolicyConfigReader.TryReadDuration(graceNode, out var grace) && grace <= TimeSpan.FromMinutes(10))
+            {
+                limits = limits with { ShutdownGrace = grace };
+            }
+            else
+            {
+                diagnostics.Add(graceNode, $"invalid shutdownGrace {PolicyConfigReader.Describe(graceNode)}; expected a duration from \"0s\" to \"10m\", e.g. \"10s\"");
+            }
+        }
+        members.ReportUnknown("maxMessageBytes, upstreamTimeout, connectTimeout, maxSessions, maxSessionsPerServer, maxSessionsPerIdentity, sessionIdleTimeout, maxInFlight, shutdownGrace");
         return limits;
     }
 

@@ -14,12 +14,21 @@ internal static class JsonRpcResponses
     internal static readonly JsonWriterOptions s_writerOptions = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
     /// <summary><c>{"jsonrpc":"2.0","id":ID,"error":{"code":C,"message":M}}</c>; a null or empty id is written as <c>null</c>.</summary>
-    public static byte[] Error(ReadOnlySpan<byte> rawId, int code, string message)
+    public static byte[] Error(ReadOnlySpan<byte> rawId, int code, string message) => Error(rawId, code, message, null);
+
+    /// <summary>As above, with <c>error.data.reason</c> when <paramref name="reason"/> is given (<c>"shutting down"</c>).</summary>
+    public static byte[] Error(ReadOnlySpan<byte> rawId, int code, string message, string? reason)
     {
         var buffer = new ArrayBufferWriter<byte>(256);
         using (var writer = new Utf8JsonWriter(buffer, s_writerOptions))
         {
             StartError(writer, rawId, code, message);
+            if (reason is not null)
+            {
+                writer.WriteStartObject("data"u8);
+                writer.WriteString("reason"u8, reason);
+                writer.WriteEndObject();
+            }
             writer.WriteEndObject();
             writer.WriteEndObject();
         }

@@ -240,7 +240,9 @@ internal sealed partial class McpSession
             var ticket = _engine.Calls.RecordRefusal(held.Server.Name, held.Context, held.Sequence, held.Scan, held.RawId, held.Tool, ref decision);
             if (sink is null)
             {
-                held.Sink.TryWrite(JsonRpcResponses.Error(held.RawId, ErrorCodes.UpstreamUnavailable, SessionMessages.HeldCallClosed), true, ticket);
+                var shutdown = ReferenceEquals(message, SessionMessages.ShuttingDown);
+                held.Sink.TryWrite(JsonRpcResponses.Error(held.RawId, ErrorCodes.UpstreamUnavailable,
+                    shutdown ? SessionMessages.HeldCallShuttingDown : SessionMessages.HeldCallClosed, shutdown ? SessionMessages.ShuttingDownReason : null), true, ticket);
             }
             try
             {
@@ -252,6 +254,9 @@ internal sealed partial class McpSession
             }
         }
     }
+
+    /// <summary>The gateway begins to drain: calls waiting for a person are answered now (-32016, shutting down).</summary>
+    internal void AbortHeldForShutdown() => AbortHeld(null, SessionMessages.ShuttingDown);
 
     private static void SendProgress(HeldCall held, Approval approval, int progress, long waitedMs, TimeSpan hold)
     {

@@ -286,7 +286,8 @@ internal sealed partial class McpSession
             return;
         }
         var ticket = Settle(pending, outcome, code);
-        pending.Sink.TryWrite(JsonRpcResponses.Error(pending.RawId, code, message), true, ticket);
+        pending.Sink.TryWrite(JsonRpcResponses.Error(pending.RawId, code, message,
+            ReferenceEquals(message, SessionMessages.ShuttingDown) ? SessionMessages.ShuttingDownReason : null), true, ticket);
     }
 
     private async Task DisposeQuietlyAsync(IUpstreamConnection connection)

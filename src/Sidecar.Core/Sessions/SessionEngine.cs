@@ -381,6 +381,73 @@ internal sealed partial class SessionEngine : IAsyncDisposable
         }
     }
 
+    /// <summary>True once the gateway drains: new sessions and new requests are refused.</summary>
+    public bool Draining => Volatile.Read(ref _stopping);
+
+    /// <summary>
+    /// The gateway begins to stop (SIGTERM): new sessions and requests are refused from now on, calls waiting for a
+    /// person are answered (-32016, shutting down), and streams that carry no call are ended. Calls in flight go on:
+    /// <see cref="DrainAsync"/> waits for them.
+    /// </summary>
+    public void BeginDrain()
+    {
+        Volatile.Write(ref _stopping, true);
+        foreach (var (_, session) in _sessions)
+        {
+            session.AbortHeldForShutdown();
+            if (session.Transport == SessionTransport.StreamableHttp)
+            {
+                session.StreamSink?.Complete(); // a standalone GET stream carries no call's answer
+            }
+        }
+    }
+
+    /// <summary>
+    /// Lets the calls in flight finish for up to <paramref name="grace"/> (<c>limits.shutdownGrace</c>), closing each
+    /// session once it has nothing in flight; then closes what is left (<see cref="BeginShutdown"/>: -32016, shutting
+    /// down). <paramref name="stopNow"/> (a second SIGTERM) cuts the grace short.
+    /// </summary>
+    public async Task DrainAsync(TimeSpan grace, CancellationToken stopNow)
+    {
+        BeginDrain();
+        var deadline = Environment.TickCount64 + (long)grace.TotalMilliseconds;
+        var started = Environment.TickCount64;
+        while (!stopNow.IsCancellationRequested)
+        {
+            var busy = InFlight.Count > 0;
+            foreach (var (_, session) in _sessions)
+            {
+                if (session.Pending == 0 && session.HeldCount == 0)
+                {
+                    _ = session.CloseAsync(AuditOutcome.Unknown, SessionMessages.ShuttingDown).AsTask();
+                }
+                else
+                {
+                    busy = true;
+                }
+            }
+            if (!busy || Environment.TickCount64 >= deadline)
+            {
+                break;
+            }
+            try
+            {
+                await Task.Delay(20, stopNow).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                break;
+            }
+        }
+        var left = 0;
+        foreach (var (_, session) in _sessions)
+        {
+            left += session.Pending;
+        }
+        Log.Drained(Environment.TickCount64 - started, left, (long)grace.TotalMilliseconds);
+        BeginShutdown();
+    }
+
     /// <summary>
     /// The gateway is stopping: new sessions are refused, and every session is closed, its calls in flight answered
     /// with -32016 and recorded as <c>unknown</c> (whether the upstream ran them is not known). Not awaited:

@@ -75,4 +75,7 @@ internal sealed partial class SessionLog(ILogger logger)
 
     [LoggerMessage(Level = LogLevel.Error, Message = "A call of {Server}/{Tool} held for approval failed")]
     public partial void HeldCallFailed(string server, string tool, Exception exception);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Drained in {Elapsed} ms: {Left} calls still in flight are answered with -32016 (shutting down; limits.shutdownGrace {Grace} ms)")]
+    public partial void Drained(long elapsed, int left, long grace);
 }

@@ -13,6 +13,14 @@ internal static class SessionMessages
     public const string SessionClosed = "The session was closed";
     public const string HeldCallClosed = "The session was closed while the call waited for approval; the call was not made";
     public const string ShuttingDown = "Sidecar is shutting down: the call was not answered by the upstream in time (whether it ran is unknown)";
+
+    /// <summary>The <c>error.data.reason</c> of what is answered because the gateway is stopping.</summary>
+    public const string ShuttingDownReason = "shutting down";
+
+    /// <summary>A request that arrives while the gateway drains (nothing was decided or forwarded).</summary>
+    public const string Draining = "Sidecar is shutting down: it takes no new requests; retry against another instance";
+
+    public const string HeldCallShuttingDown = "Sidecar is shutting down: the call waited for approval and was not made";
     public const string UncheckableToolList = "Internal error: the upstream tools/list response could not be checked";
     public const string InitializeInBatch = "Invalid Request: initialize cannot be part of a batch";
     public const string CallAsNotification = "Invalid Request: tools/call must be a request with an id, not a notification";

@@ -17,7 +17,7 @@ internal static class RunCommand
     public static Command Create()
     {
         var config = new Option<string?>("--config", "-c") { Description = "Config file (default: $SIDECAR_CONFIG, else the embedded example)" };
-        var logLevel = new Option<LogLevel>("--log-level") { Description = "Trace, Debug, Information, Warning, Error", DefaultValueFactory = _ => LogLevel.Information };
+        var logLevel = new Option<LogLevel?>("--log-level") { Description = "Trace, Debug, Information, Warning, Error (default: the config's logging.level, else Information)" };
         var command = new Command("run", "Run the gateway");
         command.Options.Add(config);
         command.Options.Add(logLevel);
@@ -33,7 +33,7 @@ internal static class RunCommand
                 path ??= WriteDefaults();
                 loaded = SidecarConfigReader.LoadFile(path);
                 // Building the gateway compiles every server's policy: an invalid one stops start-up before we listen.
-                app = GatewayHost.Build(loaded, parse.GetValue(logLevel));
+                app = GatewayHost.Build(loaded, parse.GetValue(logLevel) ?? loaded.Logging.Level ?? LogLevel.Information);
             }
             catch (ConfigValidationException ex)
             {

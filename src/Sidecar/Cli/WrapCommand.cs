@@ -68,7 +68,7 @@ internal static class WrapCommand
         using var loggers = LoggerFactory.Create(logging =>
         {
             logging.SetMinimumLevel(level);
-            GatewayHost.AddStderrLogging(logging);
+            GatewayHost.AddStderrLogging(logging, config.Logging.Format);
         });
         var snapshot = SnapshotBuilder.Build(config, null, loggers, out var errors);
         if (snapshot is null)

@@ -18,6 +18,11 @@ internal sealed class Gateway : IAsyncDisposable
     private ConfigWatcher? _watcher;
     private PosixSignalRegistration? _hangup;
     private Overloaded _overloaded;
+    private Task? _drain;
+    private int _stopSignals;
+    private readonly CancellationTokenSource _stopNow = new();
+    private PosixSignalRegistration? _terminate;
+    private PosixSignalRegistration? _interrupt;
 
     /// <summary>Builds the audit pipeline and the first snapshot; throws <see cref="ConfigValidationException"/> with every error of every policy.</summary>
     public Gateway(SidecarConfig config, ILoggerFactory loggers, bool listeningOnLoopback)
@@ -72,6 +77,8 @@ internal sealed class Gateway : IAsyncDisposable
     public void Start()
     {
         Audit?.Start();
+        _terminate = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnStopSignal);
+        _interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnStopSignal);
         if (Reloader is not null)
         {
             _watcher = new ConfigWatcher(Reloader, _logger);
@@ -84,12 +91,37 @@ internal sealed class Gateway : IAsyncDisposable
         }
     }
 
-    /// <summary>Closes every session now (the host is stopping): calls in flight get -32016 and are recorded as <c>unknown</c>.</summary>
+    /// <summary>
+    /// The host begins to stop (SIGTERM, SIGINT): new sessions and requests are refused, and the calls in flight get
+    /// <c>limits.shutdownGrace</c> to finish (<see cref="SessionEngine.DrainAsync"/>); what is left then is answered
+    /// with -32016 (shutting down) and recorded as <c>unknown</c>. A second SIGTERM or SIGINT ends the grace at once.
+    /// <see cref="DrainedAsync"/> completes when that is done.
+    /// </summary>
     public void BeginStopping()
     {
         _hangup?.Dispose();
         _watcher?.Dispose();
-        Engine.BeginShutdown();
+        if (Interlocked.CompareExchange(ref _drain, Task.CompletedTask, null) is not null)
+        {
+            return;
+        }
+        var grace = Engine.Current.Options.Limits.ShutdownGrace;
+        _logger.LogInformation("Stopping: new requests are refused; calls in flight have {Grace} s to finish (limits.shutdownGrace); a second SIGTERM or SIGINT stops at once",
+            grace.TotalSeconds);
+        Volatile.Write(ref _drain, Engine.DrainAsync(grace, _stopNow.Token));
+    }
+
+    /// <summary>Completes once the drain begun by <see cref="BeginStopping"/> is over (at once if it never began).</summary>
+    public Task DrainedAsync() => Volatile.Read(ref _drain) ?? Task.CompletedTask;
+
+    /// <summary>Counts SIGTERM and SIGINT (the host stops on the first): the second one ends the grace now.</summary>
+    private void OnStopSignal(PosixSignalContext context)
+    {
+        if (Interlocked.Increment(ref _stopSignals) > 1)
+        {
+            _logger.LogWarning("{Signal} again: stopping now; calls still in flight are answered with -32016 (shutting down)", context.Signal);
+            _stopNow.Cancel();
+        }
     }
 
     private async Task ReloadOnSignalAsync()
@@ -110,6 +142,8 @@ internal sealed class Gateway : IAsyncDisposable
     {
         _hangup?.Dispose();
         _watcher?.Dispose();
+        _terminate?.Dispose();
+        _interrupt?.Dispose();
         await Engine.DisposeAsync().ConfigureAwait(false);
         // Last: the sessions above have recorded how their calls ended; drain, write audit_stop, flush the sinks.
         if (Audit is not null)

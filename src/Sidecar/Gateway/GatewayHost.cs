@@ -61,7 +61,7 @@ internal static class GatewayHost
         builder.Logging.AddFilter("Microsoft.Extensions.Hosting", logLevel <= LogLevel.Debug ? logLevel : LogLevel.Critical);
         if (logging is null)
         {
-            AddStderrLogging(builder.Logging);
+            AddStderrLogging(builder.Logging, config.Logging.Format);
         }
         else
         {
@@ -91,6 +91,8 @@ internal static class GatewayHost
         // holding the web server's shutdown; then a hosted service awaits the gateway's disposal (audit drained,
         // audit_stop, sinks flushed). Blocking in the ApplicationStopping callback would hold the thread that asked
         // to stop, and an I/O thread must never wait for I/O.
+        // The host waits for the drain (limits.shutdownGrace; it may grow on reload up to 10 min) and the audit's drain.
+        builder.Services.Configure<HostOptions>(options => options.ShutdownTimeout = TimeSpan.FromMinutes(11));
         var lifetime = new GatewayLifetime();
         builder.Services.AddSingleton<IHostedService>(lifetime);
         builder.Services.AddSingleton(lifetime);
@@ -124,10 +126,18 @@ internal static class GatewayHost
         return app;
     }
 
-    /// <summary>Every log line on stderr (stdout is for the audit <c>stdout</c> sink and for <c>wrap</c>), control characters escaped.</summary>
-    public static void AddStderrLogging(ILoggingBuilder logging) => logging.AddZLoggerConsole(options =>
+    /// <summary>
+    /// Every log entry on stderr (stdout is for the audit <c>stdout</c> sink and for <c>wrap</c>), one line each: JSON
+    /// (<c>logging.format: json</c>, the default) or text, control characters escaped either way.
+    /// </summary>
+    public static void AddStderrLogging(ILoggingBuilder logging, LogFormat format = LogFormat.Json) => logging.AddZLoggerConsole(options =>
     {
         options.LogToStandardErrorThreshold = LogLevel.Trace;
+        if (format == LogFormat.Json)
+        {
+            options.UseFormatter(static () => new JsonLinesFormatter());
+            return;
+        }
         options.UseSafePlainTextFormatter(formatter => formatter.SetPrefixFormatter($"{0:yyyy-MM-ddTHH:mm:ss.fffZ} {1:short} {2}: ",
             (in MessageTemplate template, in LogInfo info) => template.Format(info.Timestamp.Utc, info.LogLevel, info.Category)));
     });
@@ -194,5 +204,13 @@ internal sealed class GatewayLifetime : IHostedService
 
     public Task StartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
-    public Task StopAsync(CancellationToken cancellationToken) => Gateway is { } gateway ? gateway.DisposeAsync().AsTask() : Task.CompletedTask;
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        if (Gateway is { } gateway)
+        {
+            // The drain began with ApplicationStopping; the sessions are closed when it ends, then the audit is drained.
+            await gateway.DrainedAsync().ConfigureAwait(false);
+            await gateway.DisposeAsync().ConfigureAwait(false);
+        }
+    }
 }

@@ -256,6 +256,34 @@ internal static class HttpAnswers
     /// HTTP 503 for a request shed by <see cref="SessionEngine.InFlight"/>: its body is never read, so the JSON-RPC
     /// error has no id; <c>Retry-After</c> (seconds) and <c>error.data.retryAfterMs</c> say when to try again.
     /// </summary>
+    /// <summary>
+    /// HTTP 503 for a request that arrives while the gateway drains (SIGTERM): -32016 with <c>data.reason</c>
+    /// <c>"shutting down"</c>, <c>Connection: close</c>; its body is never read and nothing was decided.
+    /// </summary>
+    public static Task WriteDrainingAsync(HttpContext context)
+    {
+        context.Response.Headers.Connection = "close";
+        context.Response.Headers.RetryAfter = "1";
+        return WriteOverloadedBodyAsync(context, s_draining);
+    }
+
+    private static readonly byte[] s_draining = JsonRpcResponses.Error(default, ErrorCodes.UpstreamUnavailable, SessionMessages.Draining, SessionMessages.ShuttingDownReason);
+
+    private static async Task WriteOverloadedBodyAsync(HttpContext context, byte[] body)
+    {
+        var response = context.Response;
+        response.StatusCode = StatusCodes.Status503ServiceUnavailable;
+        response.ContentType = "application/json";
+        try
+        {
+            await response.BodyWriter.WriteAsync(body, context.RequestAborted).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            // The client is gone.
+        }
+    }
+
     public static async Task WriteOverloadedAsync(HttpContext context, byte[] body)
     {
         var response = context.Response;

@@ -60,6 +60,11 @@ internal sealed class LegacySseEndpoint(Gateway gateway)
             await WriteErrorAsync(context, StatusCodes.Status404NotFound, ErrorCodes.ServerError, SessionMessages.UnknownSession).ConfigureAwait(false);
             return;
         }
+        if (Engine.Draining)
+        {
+            await WriteDrainingAsync(context).ConfigureAwait(false);
+            return;
+        }
         if (!Engine.InFlight.TryEnter())
         {
             await WriteOverloadedAsync(context, gateway.OverloadedResponse).ConfigureAwait(false);

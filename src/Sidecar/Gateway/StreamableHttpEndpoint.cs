@@ -29,6 +29,10 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
         {
             return WriteErrorAsync(context, refused.Status, refused.Code, refused.Message);
         }
+        if (Engine.Draining)
+        {
+            return WriteDrainingAsync(context);
+        }
         var request = context.Request;
         if (!HttpGuards.Accepts(request, "application/json") || !HttpGuards.Accepts(request, "text/event-stream"))
         {

@@ -167,10 +167,12 @@ public sealed class DrainTests : IDisposable
         using var process = gateway;
         var session = await RawMcp.OpenSessionAsync(_http, Url(port));
         await CallAsync(port, session, "1", "echo", """{"message":"a \u001b[31m red\nline"}""");
-        await CallAsync(port, session, "2", "get-env", "{}"); // denied: a warning-level line with the tool's name
+        await CallAsync(port, session, "2", "get-env", "{}"); // denied: a line with the tool's name
+        await CallAsync(port, session, "3", "x\\nFAKE forged\\u001b[31m", "{}"); // a name that would forge a line, raw
         await gateway.TerminateAsync();
         Assert.Equal(0, await gateway.WaitForExitAsync());
 
+        Assert.DoesNotContain('\u001b', gateway.Stderr);
         var lines = gateway.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.True(lines.Length >= 5, gateway.Stderr);
         foreach (var line in lines)
@@ -184,5 +186,7 @@ public sealed class DrainTests : IDisposable
         }
         Assert.Contains(lines, l => l.Contains("\"level\":\"information\"", StringComparison.Ordinal) && l.Contains("Stopping", StringComparison.Ordinal));
         Assert.Contains(lines, l => JsonDocument.Parse(l).RootElement.TryGetProperty("Tool", out var tool) && tool.GetString() == "get-env");
+        Assert.Contains(lines, l => JsonDocument.Parse(l).RootElement.TryGetProperty("Tool", out var tool) && tool.GetString() == "x\nFAKE forged\u001b[31m");
+        Assert.DoesNotContain(lines, l => l.StartsWith("FAKE", StringComparison.Ordinal));
     }
 }

@@ -38,6 +38,7 @@ public sealed class LogInjectionTests : IDisposable
                     ["everything"] = new Dictionary<string, object> { ["command"] = "node", ["args"] = new[] { McpServerFixtures.EverythingEntry, "stdio" } },
                 },
                 ["policy"] = "policy.json",
+                ["logging"] = new Dictionary<string, object> { ["format"] = "text" }, // JSON lines: DrainTests.Logs_are_json_lines
             }));
 
             var start = new ProcessStartInfo("dotnet")

@@ -65,6 +65,15 @@ public sealed class SidecarHost : IAsyncDisposable
         // Listening on a free port: written into the file too, so that a reload reads the address the gateway has.
         var json = System.Text.Json.Nodes.JsonNode.Parse(configJson)!.AsObject();
         json["listen"] = "127.0.0.1:0";
+        // Calls a test leaves in flight would hold its disposal for the whole default grace (10 s): 1 s unless the test says.
+        if (json["limits"] is not System.Text.Json.Nodes.JsonObject limits)
+        {
+            json["limits"] = limits = new System.Text.Json.Nodes.JsonObject();
+        }
+        if (!limits.ContainsKey("shutdownGrace"))
+        {
+            limits["shutdownGrace"] = "1s";
+        }
         if (json["admin"] is System.Text.Json.Nodes.JsonObject admin)
         {
             admin["listen"] = "127.0.0.1:0";

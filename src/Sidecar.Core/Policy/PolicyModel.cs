@@ -11,6 +11,7 @@ public sealed class PolicyModel
 {
     private readonly FrozenDictionary<string, RuleModel> _rules;
     private readonly FrozenDictionary<string, RuleModel>.AlternateLookup<ReadOnlySpan<char>> _lookup;
+    private readonly FrozenSet<string>.AlternateLookup<ReadOnlySpan<char>> _names;
 
     internal PolicyModel(PolicyConfig config, string counterSpace, FrozenDictionary<string, RuleModel> rules,
         RuleModel? allTools, RuleModel defaultRule, RuleModel hiddenRule, IReadOnlyList<CounterModel> counters)
@@ -19,6 +20,7 @@ public sealed class PolicyModel
         CounterSpace = counterSpace;
         _rules = rules;
         _lookup = rules.GetAlternateLookup<ReadOnlySpan<char>>();
+        _names = rules.Keys.ToFrozenSet(StringComparer.Ordinal).GetAlternateLookup<ReadOnlySpan<char>>();
         AllTools = allTools;
         DefaultRule = defaultRule;
         HiddenRule = hiddenRule;
@@ -51,6 +53,13 @@ public sealed class PolicyModel
         => _lookup.TryGetValue(tool, out var rule) ? rule : DefaultRule;
 
     public RuleModel Resolve(string tool) => Resolve(tool.AsSpan());
+
+    /// <summary>
+    /// The tool's name as the policy holds it (a tool it names or hides), else <paramref name="other"/>: a label whose
+    /// values the policy bounds, found without allocating.
+    /// </summary>
+    public string NameOf(ReadOnlySpan<char> tool, string other)
+        => _names.TryGetValue(tool, out var name) ? name : other;
 
     /// <summary>True when <c>tools/list</c> may show the tool: it is not hidden and not denied outright.</summary>
     public bool IsVisible(ReadOnlySpan<char> tool) => Resolve(tool).Action != RuleAction.Deny;

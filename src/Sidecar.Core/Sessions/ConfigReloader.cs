@@ -65,6 +65,12 @@ internal sealed class ConfigReloader(string configPath, SessionEngine engine, IL
 
     public string ConfigPath { get; } = configPath;
 
+    /// <summary>Called as a reload begins, whatever set it off (systemd hears <c>RELOADING=1</c>).</summary>
+    public Action<ReloadTrigger>? Starting { get; set; }
+
+    /// <summary>Called with a reload's result (systemd hears <c>READY=1</c> again).</summary>
+    public Action<ReloadResult>? Finished { get; set; }
+
     /// <summary>Reloads applied since start.</summary>
     public long Applied => Interlocked.Read(ref _applied);
 
@@ -79,7 +85,10 @@ internal sealed class ConfigReloader(string configPath, SessionEngine engine, IL
         await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            return Reload(trigger);
+            Starting?.Invoke(trigger);
+            var result = Reload(trigger);
+            Finished?.Invoke(result);
+            return result;
         }
         finally
         {

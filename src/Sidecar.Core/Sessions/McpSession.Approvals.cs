@@ -42,7 +42,7 @@ internal sealed partial class McpSession
             var refused = decision;
             refused.Outcome = DecisionOutcome.InvalidArguments;
             refused.Reason = SessionMessages.NoCanonicalArguments(error);
-            var ticket = _engine.Calls.RecordRefusal(current.Name, context, held.Sequence, scan, rawId, tool, ref refused);
+            var ticket = _engine.Calls.RecordRefusal(current, caller, context, held.Sequence, scan, rawId, tool, ref refused);
             sink.TryWrite(JsonRpcResponses.Blocked(rawId, current.Name, tool, refused, snapshot.Options.BlockedCalls == BlockedCallStyle.ToolResult), true, ticket);
             return true;
         }
@@ -185,7 +185,7 @@ internal sealed partial class McpSession
         Log.Released(held.Server.Name, held.Tool, approval.Id, Id);
         _held.TryRemove(new KeyValuePair<RpcId, HeldCall>(held.Key, held));
         await SendRequestAsync(held.Snapshot, held.Server, held.Caller, held.Sequence, held.Scan, held.Key, held.RawId, held.Sink, held.Tool,
-            hasDecision: true, DecisionEngine.CopyCharges(decision), auditId, held.Cancel!.Token).ConfigureAwait(false);
+            hasDecision: true, DecisionEngine.CopyCharges(decision), auditId, System.Diagnostics.Stopwatch.GetTimestamp(), held.Cancel!.Token).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -213,7 +213,7 @@ internal sealed partial class McpSession
         {
             decision.Reason = SessionMessages.ApprovalsFull(held.Snapshot.Config.Approvals.MaxPending);
         }
-        var ticket = _engine.Calls.RecordRefusal(held.Server.Name, held.Context, held.Sequence, held.Scan, held.RawId, held.Tool, ref decision);
+        var ticket = _engine.Calls.RecordRefusal(held.Server, held.Caller, held.Context, held.Sequence, held.Scan, held.RawId, held.Tool, ref decision);
         var answer = status == ApprovalStatus.None
             ? JsonRpcResponses.Error(held.RawId, ErrorCodes.Overloaded, $"Tool \"{held.Tool}\" requires approval, but {decision.Reason}")
             : JsonRpcResponses.Blocked(held.RawId, held.Server.Name, held.Tool, decision, held.Snapshot.Options.BlockedCalls == BlockedCallStyle.ToolResult);
@@ -237,7 +237,7 @@ internal sealed partial class McpSession
             decision.ApprovalId = held.Approval?.Id;
             decision.ApprovalStatus = held.Approval is null ? ApprovalStatus.None : ApprovalStatus.Pending;
             decision.Reason = SessionMessages.HeldCallAborted(message);
-            var ticket = _engine.Calls.RecordRefusal(held.Server.Name, held.Context, held.Sequence, held.Scan, held.RawId, held.Tool, ref decision);
+            var ticket = _engine.Calls.RecordRefusal(held.Server, held.Caller, held.Context, held.Sequence, held.Scan, held.RawId, held.Tool, ref decision);
             if (sink is null)
             {
                 var shutdown = ReferenceEquals(message, SessionMessages.ShuttingDown);

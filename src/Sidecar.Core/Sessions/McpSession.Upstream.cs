@@ -49,6 +49,10 @@ internal sealed partial class McpSession
             {
                 connection = await _server.Upstream.Connector.ConnectAsync(timeout.Token).ConfigureAwait(false);
                 var generation = Interlocked.Increment(ref _generation);
+                if (generation > 1)
+                {
+                    _engine.Metrics.RecordRestart(_server.Name);
+                }
                 Volatile.Write(ref _connection, connection);
                 _ = PumpAsync(connection, generation);
                 if (Volatile.Read(ref _initializeParams) is { } initializeParams)
@@ -187,8 +191,14 @@ internal sealed partial class McpSession
             Volatile.Write(ref _protocolVersion, Answers.ProtocolVersion(payload.Span));
             Volatile.Write(ref _initializeParams, Interlocked.Exchange(ref _initializing, null) ?? []);
         }
+        var received = System.Diagnostics.Stopwatch.GetTimestamp();
         var response = Answers.Review(_engine, _server.Name, pending, payload, scan, out var ticket);
         pending.Sink.TryWrite(response, true, ticket);
+        if (pending.HasDecision && pending.Sent != 0)
+        {
+            var now = System.Diagnostics.Stopwatch.GetTimestamp();
+            _engine.Metrics.RecordForwarded(_server.Name, pending.Sent - pending.Arrived + (now - received), received - pending.Sent);
+        }
     }
 
     /// <summary>
@@ -257,6 +267,7 @@ internal sealed partial class McpSession
         {
             if (pending.Correlation == correlation)
             {
+                _engine.Metrics.RecordUpstreamError(_server.Name, "unavailable");
                 Fail(pending, ErrorCodes.UpstreamUnavailable, SessionMessages.Failed(_server.Name, error));
                 return;
             }
@@ -269,6 +280,10 @@ internal sealed partial class McpSession
         {
             if (pending.Generation == generation)
             {
+                if (pending.Internal is null)
+                {
+                    _engine.Metrics.RecordUpstreamError(_server.Name, "unavailable");
+                }
                 Fail(pending, ErrorCodes.UpstreamUnavailable, message);
             }
         }

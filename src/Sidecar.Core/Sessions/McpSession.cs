@@ -123,6 +123,7 @@ internal sealed partial class McpSession : IAsyncDisposable
     private async ValueTask<bool> ProcessRequestAsync(GatewaySnapshot snapshot, Caller caller, ReadOnlySequence<byte> message, JsonRpcScan scan, MessageSink sink,
         CancellationToken cancellationToken)
     {
+        var arrived = System.Diagnostics.Stopwatch.GetTimestamp();
         var rawId = message.Slice(scan.Id.Start, scan.Id.Length).ToArray();
         if (!RpcId.TryCreate(rawId, out var key))
         {
@@ -175,7 +176,7 @@ internal sealed partial class McpSession : IAsyncDisposable
         }
 
         return await SendRequestAsync(snapshot, current, caller, message, scan, key, rawId, sink, tool, hasDecision,
-            hasDecision ? DecisionEngine.CopyCharges(decision) : null, auditId, cancellationToken).ConfigureAwait(false);
+            hasDecision ? DecisionEngine.CopyCharges(decision) : null, auditId, arrived, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -184,7 +185,7 @@ internal sealed partial class McpSession : IAsyncDisposable
     /// </summary>
     private async ValueTask<bool> SendRequestAsync(GatewaySnapshot snapshot, ServerState current, Caller caller, ReadOnlySequence<byte> message,
         JsonRpcScan scan, RpcId key, byte[] rawId, MessageSink sink, string? tool, bool hasDecision, Charge[]? charges, long auditId,
-        CancellationToken cancellationToken)
+        long arrived, CancellationToken cancellationToken)
     {
         var pending = new PendingRequest(key, rawId, sink, Interlocked.Increment(ref _correlation))
         {
@@ -194,6 +195,7 @@ internal sealed partial class McpSession : IAsyncDisposable
             HasDecision = hasDecision,
             Charges = charges,
             AuditId = auditId,
+            Arrived = arrived,
             Deadline = Deadline(snapshot.Options),
             TimeoutMs = (int)Math.Min(int.MaxValue, snapshot.Options.Limits.UpstreamTimeout.TotalMilliseconds),
         };
@@ -215,9 +217,11 @@ internal sealed partial class McpSession : IAsyncDisposable
             var connection = await EnsureConnectedAsync(snapshot.Options, cancellationToken).ConfigureAwait(false);
             pending.Generation = Volatile.Read(ref _generation);
             await connection.SendAsync(message, pending.Correlation, cancellationToken).ConfigureAwait(false);
+            pending.Sent = System.Diagnostics.Stopwatch.GetTimestamp();
         }
         catch (UpstreamException ex)
         {
+            _engine.Metrics.RecordUpstreamError(_server.Name, "unavailable");
             Fail(pending, ErrorCodes.UpstreamUnavailable, SessionMessages.Unavailable(_server.Name, ex.Message));
         }
         catch (OperationCanceledException)
@@ -297,6 +301,7 @@ internal sealed partial class McpSession : IAsyncDisposable
                 continue;
             }
             // No refund: the server may still run the call.
+            _engine.Metrics.RecordUpstreamError(_server.Name, "timeout");
             var ticket = Audit.RecordCompletion(pending.AuditId, AuditOutcome.Timeout, ErrorCodes.UpstreamTimeout);
             pending.Sink.TryWrite(JsonRpcResponses.Error(pending.RawId, ErrorCodes.UpstreamTimeout,
                 SessionMessages.Timeout(_server.Name, pending.TimeoutMs / 1000.0)), true, ticket);

@@ -50,6 +50,11 @@ internal sealed class PendingRequest(RpcId key, byte[] rawId, MessageSink sink, 
     /// <summary>Which upstream connection of the session carries it: a connection that dies fails only its own requests.</summary>
     public int Generation { get; set; }
 
+    /// <summary><see cref="System.Diagnostics.Stopwatch"/> ticks: when the session took the request, and when it was forwarded.</summary>
+    public long Arrived { get; init; }
+
+    public long Sent { get; set; }
+
     /// <summary>Set for the gateway's own requests (re-initialization): completes with the response.</summary>
     public TaskCompletionSource<ReadOnlyMemory<byte>>? Internal { get; init; }
 }

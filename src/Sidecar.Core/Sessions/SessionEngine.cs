@@ -9,6 +9,7 @@ using Sidecar.Configuration;
 using Sidecar.Decisions;
 using Sidecar.Identity;
 using Sidecar.JsonRpc;
+using Sidecar.Metrics;
 using Sidecar.Protocol;
 using Sidecar.RateLimiting;
 
@@ -52,6 +53,7 @@ internal sealed partial class SessionEngine : IAsyncDisposable
     private long _sessionsRefused;
     private long _lastSweep = Environment.TickCount64;
     private long _shedReported;
+    private long _lastHeartbeat = Environment.TickCount64;
 
     public SessionEngine(GatewaySnapshot snapshot, AuditRecorder audit, RateLimitStore store, ILoggerFactory loggers)
     {
@@ -60,7 +62,8 @@ internal sealed partial class SessionEngine : IAsyncDisposable
         Store = store;
         Decisions = new DecisionEngine(store);
         Log = new SessionLog(loggers.CreateLogger("Sidecar.Sessions"));
-        Calls = new ToolCalls(Decisions, audit, Log);
+        Metrics = new GatewayMetrics();
+        Calls = new ToolCalls(Decisions, audit, Log, Metrics);
         InFlight = new InFlightGate(snapshot.Options.Limits.MaxInFlight);
         var audit0 = snapshot.Config.Audit;
         Approvals = new ApprovalBook(snapshot.Config.Approvals, audit, new AuditRedactor(audit0.RedactKeys, audit0.MaxStringLength),
@@ -80,6 +83,9 @@ internal sealed partial class SessionEngine : IAsyncDisposable
     public DecisionEngine Decisions { get; }
     public ToolCalls Calls { get; }
 
+    /// <summary>The measurements <c>/metrics</c> shows (this gateway's own meter).</summary>
+    public GatewayMetrics Metrics { get; }
+
     /// <summary>Pending approvals (in memory) of calls whose rule is <c>require_approval</c>.</summary>
     public ApprovalBook Approvals { get; }
     internal SessionLog Log { get; }
@@ -88,6 +94,9 @@ internal sealed partial class SessionEngine : IAsyncDisposable
     public InFlightGate InFlight { get; }
 
     public int SessionCount => Volatile.Read(ref _sessionCount);
+
+    /// <summary>When the heartbeat (every 250 ms: timeouts, idle sessions, approvals) last ran to its end (<see cref="Environment.TickCount64"/>).</summary>
+    public long LastHeartbeat => Volatile.Read(ref _lastHeartbeat);
 
     /// <summary>New sessions refused since start for <c>limits.maxSessions</c> or <c>limits.maxSessionsPerServer</c>.</summary>
     public long SessionsRefused => Interlocked.Read(ref _sessionsRefused);
@@ -332,6 +341,7 @@ internal sealed partial class SessionEngine : IAsyncDisposable
                 Log.Shed(shed - _shedReported, shed, InFlight.Count, InFlight.Capacity);
                 _shedReported = shed;
             }
+            Volatile.Write(ref _lastHeartbeat, now);
         }
         catch (Exception ex)
         {
@@ -477,5 +487,6 @@ internal sealed partial class SessionEngine : IAsyncDisposable
             server.Upstream.Retire();
         }
         await Approvals.DisposeAsync().ConfigureAwait(false);
+        Metrics.Dispose();
     }
 }

@@ -6,6 +6,7 @@ using Sidecar.Configuration;
 using Sidecar.Decisions;
 using Sidecar.Identity;
 using Sidecar.JsonRpc;
+using Sidecar.Policy;
 
 namespace Sidecar.Sessions;
 
@@ -32,7 +33,7 @@ internal enum CallVerdict : byte
 }
 
 /// <summary>The one place a <c>tools/call</c> is decided, for sessions and stateless requests alike.</summary>
-internal sealed class ToolCalls(DecisionEngine decisions, AuditRecorder audit, SessionLog log)
+internal sealed class ToolCalls(DecisionEngine decisions, AuditRecorder audit, SessionLog log, Metrics.GatewayMetrics? metrics = null)
 {
     /// <summary>
     /// Decides a scanned <c>tools/call</c> against <paramref name="server"/>'s policy and records the decision in the
@@ -60,7 +61,8 @@ internal sealed class ToolCalls(DecisionEngine decisions, AuditRecorder audit, S
 
         var arguments = scan.Arguments.IsEmpty ? default : message.Slice(scan.Arguments.Start, scan.Arguments.Length);
         var reader = scan.Arguments.IsEmpty ? new Utf8JsonReader(DecisionEngine.NoArguments) : new Utf8JsonReader(arguments);
-        decisions.Decide(server.PolicyFor(caller), context, name, reader, approved: false, out decision);
+        var policy = server.PolicyFor(caller);
+        decisions.Decide(policy, context, name, reader, approved: false, out decision);
         if (decision.Outcome == DecisionOutcome.RequireApproval && decision.Enforced && options.ApprovalsEnabled)
         {
             // Held for a person (McpSession.Hold): recorded once it ends, approved, refused or not decided in time.
@@ -71,7 +73,7 @@ internal sealed class ToolCalls(DecisionEngine decisions, AuditRecorder audit, S
         }
         // An id split across body segments is rare (ids are short): only then is it copied.
         var id = rawId.IsSingleSegment ? rawId.FirstSpan : rawId.ToArray();
-        var verdict = Record(server.Name, context, name, id, arguments, ref decision, out auditId, out ticket);
+        var verdict = Record(server.Name, policy, context, name, id, arguments, ref decision, out auditId, out ticket);
         tool = verdict == CallVerdict.Forward ? null : name.ToString();
         return verdict;
     }
@@ -86,22 +88,23 @@ internal sealed class ToolCalls(DecisionEngine decisions, AuditRecorder audit, S
     {
         var arguments = scan.Arguments.IsEmpty ? default : message.Slice(scan.Arguments.Start, scan.Arguments.Length);
         var reader = scan.Arguments.IsEmpty ? new Utf8JsonReader(DecisionEngine.NoArguments) : new Utf8JsonReader(arguments);
-        decisions.Decide(server.PolicyFor(caller), context, tool, reader, approved: true, out decision);
+        var policy = server.PolicyFor(caller);
+        decisions.Decide(policy, context, tool, reader, approved: true, out decision);
         decision.ApprovalId = approvalId;
         decision.ApprovalStatus = ApprovalStatus.Used;
-        return Record(server.Name, context, tool, rawId, arguments, ref decision, out auditId, out ticket);
+        return Record(server.Name, policy, context, tool, rawId, arguments, ref decision, out auditId, out ticket);
     }
 
     /// <summary>
     /// A held call that ends without being made: <paramref name="decision"/> (<c>require_approval</c>, with the approval's
     /// id and status) is recorded. Returns the ticket its answer waits for.
     /// </summary>
-    public long RecordRefusal(string server, in CallContext context, ReadOnlySequence<byte> message, in JsonRpcScan scan, ReadOnlySpan<byte> rawId,
+    public long RecordRefusal(ServerState server, in Caller caller, in CallContext context, ReadOnlySequence<byte> message, in JsonRpcScan scan, ReadOnlySpan<byte> rawId,
         string tool, ref Decision decision)
     {
         var arguments = scan.Arguments.IsEmpty ? default : message.Slice(scan.Arguments.Start, scan.Arguments.Length);
         // No room for the record: the answer is a refusal either way, and the recorder counts what it could not keep.
-        Record(server, context, tool, rawId, arguments, ref decision, out _, out var ticket);
+        Record(server.Name, server.PolicyFor(caller), context, tool, rawId, arguments, ref decision, out _, out var ticket);
         return ticket;
     }
 
@@ -121,7 +124,7 @@ internal sealed class ToolCalls(DecisionEngine decisions, AuditRecorder audit, S
         {
             decision.Outcome = DecisionOutcome.InvalidArguments;
             decision.Reason = SessionMessages.NoCanonicalArguments(error);
-            ticket = RecordRefusal(server.Name, context, message, scan, rawId, tool, ref decision);
+            ticket = RecordRefusal(server, caller, context, message, scan, rawId, tool, ref decision);
             return CallVerdict.Blocked;
         }
         var opened = book.Open(new ApprovalKey(server.Name, caller.Identity, caller.Grant, tool, sha), contiguous, decision.ApprovalTimeout, out var approval);
@@ -149,14 +152,15 @@ internal sealed class ToolCalls(DecisionEngine decisions, AuditRecorder audit, S
                 decision.RetryAfterMs = McpSession.PendingRetryAfterMs;
                 break;
         }
-        ticket = RecordRefusal(server.Name, context, message, scan, rawId, tool, ref decision);
+        ticket = RecordRefusal(server, caller, context, message, scan, rawId, tool, ref decision);
         return CallVerdict.Blocked;
     }
 
     /// <summary>Records a decision and says what to do with the call; a record with no room under <c>onFull: shed</c> refuses it.</summary>
-    private CallVerdict Record(string server, in CallContext context, ReadOnlySpan<char> name, ReadOnlySpan<byte> id, in ReadOnlySequence<byte> arguments,
-        ref Decision decision, out long auditId, out long ticket)
+    private CallVerdict Record(string server, PolicyModel policy, in CallContext context, ReadOnlySpan<char> name, ReadOnlySpan<byte> id,
+        in ReadOnlySequence<byte> arguments, ref Decision decision, out long auditId, out long ticket)
     {
+        metrics?.RecordCall(server, policy.NameOf(name, Metrics.GatewayMetrics.OtherTool), decision.Outcome);
         var forwarded = !decision.Blocks;
         if (!audit.TryRecordDecision(server, context, name, id, arguments, decision, forwarded, out auditId, out ticket)
             && audit.OnFull == AuditOverflow.Shed)

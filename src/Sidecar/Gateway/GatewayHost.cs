@@ -8,6 +8,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Sidecar.Configuration;
 using Sidecar.Logging;
+using Sidecar.Sessions;
 using ZLogger;
 
 namespace Sidecar.Gateway;
@@ -103,6 +104,23 @@ internal static class GatewayHost
         // Once every hosted service has started and Kestrel is bound: a gateway that cannot listen leaves no run in the trail.
         app.Lifetime.ApplicationStarted.Register(gateway.Start);
         app.Lifetime.ApplicationStopping.Register(gateway.BeginStopping);
+        if (Hosting.SystemdNotifier.FromEnvironment(loggers.CreateLogger("Sidecar.Systemd")) is { } systemd)
+        {
+            // Type=notify: ready once Kestrel is bound; reloading and ready again around every reload; stopping on SIGTERM;
+            // the watchdog pings while the engine's heartbeat keeps running.
+            app.Lifetime.ApplicationStarted.Register(() =>
+            {
+                systemd.Ready($"listening on {config.Listen}");
+                systemd.StartWatchdog(() => Environment.TickCount64 - gateway.Engine.LastHeartbeat < 10_000);
+            });
+            app.Lifetime.ApplicationStopping.Register(() => systemd.Stopping("draining calls in flight, then flushing the audit trail"));
+            app.Lifetime.ApplicationStopped.Register(systemd.Dispose);
+            if (gateway.Reloader is { } reloader)
+            {
+                reloader.Starting = _ => systemd.Reloading();
+                reloader.Finished = result => systemd.Ready($"reload {ReloadResult.Name(result.Status)}: config version {gateway.Engine.Current.Version}");
+            }
+        }
         var logger = loggers.CreateLogger("Sidecar.Http");
         if (config.Admin is not null)
         {

@@ -39,7 +39,7 @@ public sealed class SidecarProcess : IDisposable
         return gateway;
     }
 
-    public static SidecarProcess Start(string config)
+    public static SidecarProcess Start(string config, IReadOnlyDictionary<string, string>? environment = null)
     {
         var start = new ProcessStartInfo("dotnet")
         {
@@ -52,6 +52,10 @@ public sealed class SidecarProcess : IDisposable
         start.ArgumentList.Add("run");
         start.ArgumentList.Add("--config");
         start.ArgumentList.Add(config);
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>())
+        {
+            start.Environment[name] = value;
+        }
         return new SidecarProcess(Process.Start(start)!);
     }
 

@@ -77,6 +77,9 @@ internal sealed partial class AdminApi(Gateway gateway, ILogger logger)
                 }
                 await ReloadAsync(context).ConfigureAwait(false);
                 return;
+            case ["metrics"] when HttpMethods.IsGet(request.Method):
+                await GatewayHost.WriteMetricsAsync(context, gateway).ConfigureAwait(false);
+                return;
             case ["v1", "tools"]:
                 await WriteErrorAsync(context, StatusCodes.Status501NotImplemented,
                     "Not Implemented: the tool catalogue is not part of this version of Sidecar").ConfigureAwait(false);

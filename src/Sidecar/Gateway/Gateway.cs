@@ -35,7 +35,13 @@ internal sealed class Gateway : IAsyncDisposable
         Engine = new SessionEngine(snapshot, Audit?.Recorder ?? AuditRecorder.Disabled, new RateLimitStore(), loggers);
         _overloaded = new Overloaded(config.Limits.MaxInFlight, JsonRpcResponses.Overloaded(config.Limits.MaxInFlight));
         Reloader = config.File is { } file ? new ConfigReloader(Path.GetFullPath(file), Engine, loggers) : null;
+        GatewayObservables.Register(this);
+        // After the observables: the listener is started once every instrument of the gateway's meter exists.
+        Metrics = new Sidecar.Metrics.PrometheusExporter(instrument => ReferenceEquals(instrument.Meter, Engine.Metrics.Meter));
     }
+
+    /// <summary>What <c>/metrics</c> serves: this gateway's instruments in Prometheus text.</summary>
+    public Sidecar.Metrics.PrometheusExporter Metrics { get; }
 
     /// <summary>Live reload of the config file and its policies; null for a config that came from no file.</summary>
     public ConfigReloader? Reloader { get; }
@@ -144,6 +150,7 @@ internal sealed class Gateway : IAsyncDisposable
         _watcher?.Dispose();
         _terminate?.Dispose();
         _interrupt?.Dispose();
+        Metrics.Dispose();
         await Engine.DisposeAsync().ConfigureAwait(false);
         // Last: the sessions above have recorded how their calls ended; drain, write audit_stop, flush the sinks.
         if (Audit is not null)

@@ -139,6 +139,7 @@ internal static class GatewayHost
         app.MapPost("/servers/{name}/message", new RequestDelegate(legacy.MessageAsync));
         app.MapGet(HttpGuards.ProtectedResourcePath + "/{**resource}", new RequestDelegate(context => ProtectedResourceAsync(context, gateway)));
         app.MapGet(HttpGuards.ProtectedResourcePath, new RequestDelegate(context => ProtectedResourceAsync(context, gateway)));
+        app.MapGet("/metrics", new RequestDelegate(context => WriteMetricsAsync(context, gateway)));
         app.MapGet("/healthz", new RequestDelegate(static context => context.Response.WriteAsync("ok")));
         app.MapGet("/readyz", new RequestDelegate(context => context.Response.WriteAsync(Readiness(gateway))));
         return app;
@@ -194,6 +195,16 @@ internal static class GatewayHost
             json.WriteEndObject();
         }
         context.Response.ContentType = "application/json";
+        await context.Response.BodyWriter.WriteAsync(buffer.WrittenMemory, context.RequestAborted).ConfigureAwait(false);
+    }
+
+    /// <summary><c>/metrics</c>: Prometheus text exposition 0.0.4 (also on the admin listener, with its token).</summary>
+    internal static async Task WriteMetricsAsync(HttpContext context, Gateway gateway)
+    {
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>(16 * 1024);
+        gateway.Metrics.Write(buffer);
+        context.Response.ContentType = Sidecar.Metrics.PrometheusExporter.ContentType;
+        context.Response.ContentLength = buffer.WrittenCount;
         await context.Response.BodyWriter.WriteAsync(buffer.WrittenMemory, context.RequestAborted).ConfigureAwait(false);
     }
 

@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # Sidecar as a NativeAOT binary on a chiseled runtime-deps base: no shell, no package manager, no .NET runtime (the
 # binary carries its own), a non-root user. Build: docker build -t sidecar:dev .
-# The default command reads /etc/sidecar/sidecar.json (deploy/k8s mounts it from a ConfigMap); a config for a container
-# listens on 0.0.0.0 (with allowedHosts) to be reachable from outside it:
+# The default command reads /etc/sidecar/sidecar.json (deploy/k8s mounts it from a ConfigMap); a config for a
+# container listens on 0.0.0.0 (with allowedHosts) to be reachable from outside it:
 #   docker run --rm -p 127.0.0.1:8787:8787 -v "$PWD/config:/etc/sidecar:ro" sidecar:dev
 
 # The build stage and the final base are the same Ubuntu release (noble): a NativeAOT binary links against the
@@ -19,7 +19,11 @@ WORKDIR /src
 COPY global.json Directory.Build.props Directory.Packages.props ./
 COPY src/Sidecar/Sidecar.csproj src/Sidecar/
 COPY src/Sidecar.Core/Sidecar.Core.csproj src/Sidecar.Core/
-RUN case "${TARGETARCH:-amd64}" in amd64) echo linux-x64 ;; arm64) echo linux-arm64 ;; *) echo "unsupported TARGETARCH ${TARGETARCH}" >&2; exit 1 ;; esac > /rid \
+RUN case "${TARGETARCH:-amd64}" in \
+      amd64) echo linux-x64 ;; \
+      arm64) echo linux-arm64 ;; \
+      *) echo "unsupported TARGETARCH ${TARGETARCH}" >&2; exit 1 ;; \
+    esac > /rid \
     && dotnet restore src/Sidecar/Sidecar.csproj -r "$(cat /rid)"
 COPY src/ src/
 # PublishAot is on in src/Sidecar/Sidecar.csproj; any trim or AOT warning is an error (Directory.Build.props).

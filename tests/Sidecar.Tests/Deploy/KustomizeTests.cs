@@ -43,7 +43,15 @@ public sealed class KustomizeTests(ITestOutputHelper output)
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        await process.WaitForExitAsync(timeout.Token);
+        try
+        {
+            await process.WaitForExitAsync(timeout.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            process.Kill(entireProcessTree: true);
+            throw new Xunit.Sdk.XunitException("kubectl kustomize did not finish within 60 s");
+        }
         Assert.True(process.ExitCode == 0, $"kubectl kustomize failed: {await stderr}");
 
         var rendered = Manifests.Parse(await stdout).Select(root => new Manifests.Resource("(rendered)", root)).ToList();

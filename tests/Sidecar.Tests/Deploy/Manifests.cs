@@ -96,9 +96,6 @@ internal static class Manifests
         }
     }
 
-    /// <summary>The sidecar.json the ConfigMap ships, as text (for fields the config record does not carry).</summary>
-    public static string ConfigJson => ConfigMapData[Path.GetFileName(ConfigPathInPod)];
-
     public static List<YamlMappingNode> ParseFile(string path) => Parse(File.ReadAllText(path));
 
     public static List<YamlMappingNode> Parse(string text)

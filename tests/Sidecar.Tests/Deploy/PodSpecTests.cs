@@ -97,10 +97,12 @@ public sealed class PodSpecTests
     [Fact]
     public void The_grace_period_leaves_sidecar_its_shutdown_grace_after_the_agent_has_had_as_long()
     {
-        var grace = int.Parse(Manifests.PodSpec.Str("terminationGracePeriodSeconds"), CultureInfo.InvariantCulture);
-        var shutdownGrace = ShutdownGraceSeconds(Manifests.ConfigJson);
+        using var mounted = new MountedConfig();
+        var config = mounted.Load(new SecretEnvironment().Get);
+        var grace = TimeSpan.FromSeconds(int.Parse(Manifests.PodSpec.Str("terminationGracePeriodSeconds"), CultureInfo.InvariantCulture));
         // Sidecar gets SIGTERM only once the agent has exited, and both spend the same grace period.
-        Assert.True(grace > 2 * shutdownGrace, $"terminationGracePeriodSeconds {grace} leaves no room for Sidecar's {shutdownGrace} s after the agent's");
+        Assert.True(grace > 2 * config.Limits.ShutdownGrace,
+            $"terminationGracePeriodSeconds {grace.TotalSeconds} leaves no room for Sidecar's {config.Limits.ShutdownGrace.TotalSeconds} s after the agent's");
     }
 
     [Fact]
@@ -141,24 +143,6 @@ public sealed class PodSpecTests
         Assert.True(Manifests.Quantity(requests.Str("cpu")) >= moderate, $"the CPU request is below the {moderate:F3} cores 500 calls/s took");
         var heaviest = LoadBench.MaxMedianCores(runs.Where(r => r.Rate == runs.Max(x => x.Rate)));
         Assert.True(Manifests.Quantity(limits.Str("cpu")) >= heaviest, $"the CPU limit would throttle the bench's heaviest offered load ({heaviest:F3} cores)");
-    }
-
-    /// <summary><c>limits.shutdownGrace</c> in seconds when the config sets it, else its default (10 s).</summary>
-    internal static double ShutdownGraceSeconds(string configJson)
-    {
-        using var document = JsonDocument.Parse(configJson);
-        if (!document.RootElement.TryGetProperty("limits", out var limits) || !limits.TryGetProperty("shutdownGrace", out var grace))
-        {
-            return 10;
-        }
-        if (grace.ValueKind == JsonValueKind.Number)
-        {
-            return grace.GetDouble();
-        }
-        var text = grace.GetString()!;
-        (string Suffix, double Seconds)[] units = [("ms", 0.001), ("s", 1), ("m", 60)];
-        var (suffix, factor) = units.First(u => text.EndsWith(u.Suffix, StringComparison.Ordinal));
-        return double.Parse(text[..^suffix.Length], NumberStyles.Float, CultureInfo.InvariantCulture) * factor;
     }
 
     private static double Seconds(YamlMappingNode probe, string field, double fallback) =>

@@ -476,6 +476,15 @@ public sealed class ApprovalTests : IAsyncLifetime
         Assert.Contains("admin", body.GetProperty("error").GetString(), StringComparison.Ordinal);
         Assert.Equal(HttpStatusCode.Unauthorized, (await AdminAsync(sidecar, HttpMethod.Post, "/v1/reload", token: OpsKey)).Status);
         Assert.Equal(HttpStatusCode.NotImplemented, (await AdminAsync(sidecar, HttpMethod.Get, "/v1/tools")).Status);
+        // /metrics on the admin listener too, with its token.
+        using (var request = new HttpRequestMessage(HttpMethod.Get, new Uri(sidecar.AdminUrl!, "/metrics")))
+        {
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", AdminToken);
+            using var metrics = await _http.SendAsync(request);
+            Assert.Equal(HttpStatusCode.OK, metrics.StatusCode);
+            Assert.Contains("sidecar_approvals_pending 0", await metrics.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        }
+        Assert.Equal(HttpStatusCode.Unauthorized, (await AdminAsync(sidecar, HttpMethod.Get, "/metrics", token: null)).Status);
         Assert.Equal(HttpStatusCode.NotFound, (await AdminAsync(sidecar, HttpMethod.Get, "/v1/nothing")).Status);
 
         // The agent listener has no admin API; the admin listener serves nothing of the agents'.

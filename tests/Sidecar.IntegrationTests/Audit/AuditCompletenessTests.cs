@@ -67,6 +67,14 @@ public sealed class AuditCompletenessTests : IDisposable
                 }
             })).ToList();
             await Task.WhenAll(workers);
+            // /metrics shows the sheds as the agents saw them, and the writer's backlog.
+            var metrics = await _http.GetStringAsync(new Uri(host.BaseUrl, "/metrics"));
+            long Metric(string name) => long.Parse(metrics.Split('\n').Single(l => l.StartsWith(name + " ", StringComparison.Ordinal))[(name.Length + 1)..],
+                System.Globalization.CultureInfo.InvariantCulture);
+            Assert.Equal(answers.Count(a => a.Value == "shed"), Metric("sidecar_audit_shed_total"));
+            Assert.Equal(64, Metric("sidecar_audit_queue_capacity"));
+            Assert.InRange(Metric("sidecar_audit_queue_depth"), 0, 64);
+            Assert.Equal(0, Metric("sidecar_audit_dropped_total"));
             await host.StopAsync(); // drains the trail: audit_stop, flushed
 
             var events = ReadEvents(Path.Combine(host.Folder, "audit.jsonl"));

@@ -67,11 +67,7 @@ internal static class ApprovalsConfigReader
         var hold = ApprovalsConfig.DefaultHold;
         if (members.Take("hold") is { } holdNode)
         {
-            if (holdNode is ConfigScalar { Text: "0" or "0s" or "0ms" })
-            {
-                hold = TimeSpan.Zero;
-            }
-            else if (PolicyConfigReader.TryReadDuration(holdNode, out var h) && h <= TimeSpan.FromMinutes(10))
+            if (SidecarConfigReader.TryReadDurationFromZero(holdNode, TimeSpan.FromMinutes(10), out var h))
             {
                 hold = h;
             }

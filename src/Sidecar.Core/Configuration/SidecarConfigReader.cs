@@ -227,6 +227,17 @@ public static class SidecarConfigReader
                 cwd is null ? null : ResolvePath(baseDirectory, cwd), url, headers, policy);
     }
 
+    /// <summary>A duration from zero (<c>"0s"</c>, which <see cref="PolicyConfigReader.TryReadDuration"/> refuses) to <paramref name="max"/>.</summary>
+    internal static bool TryReadDurationFromZero(ConfigNode node, TimeSpan max, out TimeSpan value)
+    {
+        if (node is ConfigScalar { Text: "0" or "0s" or "0ms" })
+        {
+            value = TimeSpan.Zero;
+            return true;
+        }
+        return PolicyConfigReader.TryReadDuration(node, out value) && value <= max;
+    }
+
     /// <summary><c>logging</c>: <c>format</c> (<c>json</c>, the default, or <c>text</c>) and <c>level</c>.</summary>
     private static LoggingConfig ReadLogging(ConfigNode node, DiagnosticBag diagnostics)
     {
@@ -307,11 +318,7 @@ public static class SidecarConfigReader
         };
         if (members.Take("shutdownGrace") is { } graceNode)
         {
-            if (graceNode is ConfigScalar { Text: "0" or "0s" or "0ms" })
-            {
-                limits = limits with { ShutdownGrace = TimeSpan.Zero };
-            }
-            else if (PolicyConfigReader.TryReadDuration(graceNode, out var grace) && grace <= TimeSpan.FromMinutes(10))
+            if (TryReadDurationFromZero(graceNode, TimeSpan.FromMinutes(10), out var grace))
             {
                 limits = limits with { ShutdownGrace = grace };
             }

@@ -61,13 +61,52 @@ public sealed class MetricsTests(GatewayFixture fixture) : IClassFixture<Gateway
             s.GetProperty("type").GetString()!))];
     }
 
+    /// <summary>
+    /// The reference parser is Debian's <c>python3-prometheus-client</c>: installed on first use when missing (as the
+    /// npm fixtures are), which needs root and apt; otherwise the test says what to install.
+    /// </summary>
+    private static async Task EnsureParserAsync()
+    {
+        if (await RunAsync(Parser, "-c", "import prometheus_client") == 0)
+        {
+            return;
+        }
+        if (Environment.UserName == "root" && File.Exists("/usr/bin/apt-get"))
+        {
+            await RunAsync("/usr/bin/apt-get", "update", "-qq");
+            await RunAsync("/usr/bin/apt-get", "install", "-y", "-qq", "--no-install-recommends", "python3", "python3-prometheus-client");
+        }
+        Assert.True(await RunAsync(Parser, "-c", "import prometheus_client") == 0,
+            "the Prometheus reference parser is missing: apt-get install python3-prometheus-client (.ci/run installs it)");
+    }
+
+    private static async Task<int> RunAsync(string file, params string[] args)
+    {
+        if (!File.Exists(file))
+        {
+            return -1;
+        }
+        var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var arg in args)
+        {
+            start.ArgumentList.Add(arg);
+        }
+        using var process = Process.Start(start)!;
+        var output = process.StandardOutput.ReadToEndAsync();
+        var error = process.StandardError.ReadToEndAsync();
+        using var bound = new CancellationTokenSource(TimeSpan.FromMinutes(5));
+        await process.WaitForExitAsync(bound.Token);
+        await Task.WhenAll(output, error);
+        return process.ExitCode;
+    }
+
     private static double Value(List<Sample> samples, string name, params (string Key, string Value)[] labels)
         => samples.Where(s => s.Name == name && labels.All(l => s.Labels.TryGetValue(l.Key, out var v) && v == l.Value)).Sum(s => s.Value);
 
     [Fact]
     public async Task Metrics_parse_as_prometheus_text_and_move_with_traffic_through_every_transport()
     {
-        Assert.True(File.Exists(Parser), "the reference parser needs /usr/bin/python3 with python3-prometheus-client (.ci/run installs it)");
+        await EnsureParserAsync();
         var before = await ScrapeAsync(fixture.Sidecar.BaseUrl);
 
         // Streamable HTTP to each upstream transport, and legacy SSE to the stdio one: an allowed call and a denied one each.

@@ -13,6 +13,8 @@ public static class SidecarCli
         root.Subcommands.Add(ValidateCommand.Create());
         root.Subcommands.Add(ExplainCommand.Create());
         root.Subcommands.Add(AuditCommand.Create());
+        root.Subcommands.Add(ToolsCommand.Create());
+        root.Subcommands.Add(ToolsCommand.CreatePolicy());
         root.Subcommands.Add(ApprovalsCommand.Create());
         root.Subcommands.Add(ReloadCommand.Create());
         return root;

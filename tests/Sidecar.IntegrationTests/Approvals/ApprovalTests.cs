@@ -416,7 +416,9 @@ public sealed class ApprovalTests : IAsyncLifetime
             await Task.Delay(200);
             ready = await _http.GetStringAsync(new Uri(sidecar.BaseUrl, "/readyz"));
         }
-        while (!System.Text.RegularExpressions.Regex.IsMatch(ready, @"webhook 0 delivered, [1-9]\d* retries") && DateTime.UtcNow < deadline);
+        // A retry is counted as it starts: wait for its request to arrive too.
+        while ((!System.Text.RegularExpressions.Regex.IsMatch(ready, @"webhook 0 delivered, [1-9]\d* retries") || _webhook.Requests.Count < 4)
+               && DateTime.UtcNow < deadline);
         Assert.Matches(@"approvals: 3 pending, webhook 0 delivered, [1-9]\d* retries", ready);
         Assert.True(_webhook.Requests.Count >= 4, $"{_webhook.Requests.Count} deliveries arrived");
     }

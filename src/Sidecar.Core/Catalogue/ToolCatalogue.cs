@@ -6,6 +6,9 @@ using Sidecar.Policy;
 
 namespace Sidecar.Catalogue;
 
+/// <summary>One server's part of the catalogue: its tools and the policy's tools it lacks, or why it could not be listed.</summary>
+public sealed record ServerCatalogue(string Name, IReadOnlyList<CatalogueEntry>? Tools, IReadOnlyList<string>? Missing, string? Error);
+
 /// <summary>One upstream tool in the catalogue: its class, what the policy does with it, and its definition's hash.</summary>
 public sealed record CatalogueEntry(ToolDefinition Tool, ToolClassification Class, string Decision, string Rule, string Hash);
 
@@ -17,6 +20,74 @@ public sealed record CatalogueEntry(ToolDefinition Tool, ToolClassification Clas
 /// </summary>
 public static class ToolCatalogue
 {
+    /// <summary>
+    /// Lists <paramref name="server"/>'s tools through a session of its own and describes them under
+    /// <paramref name="policy"/>; a server that cannot be listed gets <see cref="ServerCatalogue.Error"/>.
+    /// </summary>
+    public static async Task<ServerCatalogue> ListAsync(Configuration.ServerConfig server, PolicyModel policy, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var connector = Upstreams.UpstreamConnectors.Create(server, Configuration.GatewayLimits.Default, null);
+        try
+        {
+            var entries = Describe(policy, await UpstreamToolLister.ListAsync(connector, timeout, cancellationToken).ConfigureAwait(false));
+            return new ServerCatalogue(server.Name, entries, Missing(policy, entries), null);
+        }
+        catch (Upstreams.UpstreamException ex)
+        {
+            return new ServerCatalogue(server.Name, null, null, ex.Message);
+        }
+        finally
+        {
+            (connector as IDisposable)?.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// The catalogue as JSON (<c>sidecar tools --format json</c>, <c>GET /v1/tools</c>): <c>{ "servers": [ { "name",
+    /// "tools": [ { "name", "category", "risk", "decision", "rule", "hash", "pinned" } ], "missing": [ … ] } ] }</c>;
+    /// a server that could not be listed has <c>"error"</c> instead.
+    /// </summary>
+    public static void WriteJson(Utf8JsonWriter json, IEnumerable<ServerCatalogue> servers)
+    {
+        json.WriteStartObject();
+        json.WriteStartArray("servers"u8);
+        foreach (var server in servers)
+        {
+            json.WriteStartObject();
+            json.WriteString("name"u8, server.Name);
+            if (server.Error is { } error)
+            {
+                json.WriteString("error"u8, error);
+                json.WriteEndObject();
+                continue;
+            }
+            json.WriteStartArray("tools"u8);
+            foreach (var entry in server.Tools!)
+            {
+                json.WriteStartObject();
+                json.WriteString("name"u8, entry.Tool.Name);
+                json.WriteString("category"u8, ToolClassifier.Name(entry.Class.Category));
+                json.WriteString("risk"u8, ToolClassifier.Name(entry.Class.Risk));
+                json.WriteString("decision"u8, entry.Decision);
+                json.WriteString("rule"u8, entry.Rule);
+                json.WriteString("hash"u8, entry.Hash);
+                // Policies cannot pin tools in this version: nothing is pinned.
+                json.WriteBoolean("pinned"u8, false);
+                json.WriteEndObject();
+            }
+            json.WriteEndArray();
+            json.WriteStartArray("missing"u8);
+            foreach (var name in server.Missing!)
+            {
+                json.WriteStringValue(name);
+            }
+            json.WriteEndArray();
+            json.WriteEndObject();
+        }
+        json.WriteEndArray();
+        json.WriteEndObject();
+    }
+
     /// <summary>The catalogue entries of <paramref name="tools"/> (each the JSON object the server listed) under <paramref name="policy"/>.</summary>
     public static List<CatalogueEntry> Describe(PolicyModel policy, IReadOnlyList<byte[]> tools)
     {

@@ -35,20 +35,23 @@ internal static class ToolsCommand
             {
                 return 1;
             }
-            var results = new List<(ServerConfig Server, List<CatalogueEntry>? Entries, List<string>? Missing, string? Error)>();
+            var results = new List<(ServerConfig Server, ServerCatalogue Catalogue)>();
             foreach (var s in servers)
             {
+                ServerCatalogue catalogue;
                 try
                 {
-                    var policy = SnapshotBuilder.LoadPolicy(s);
-                    var entries = ToolCatalogue.Describe(policy, await ListAsync(s, cancellationToken).ConfigureAwait(false));
-                    results.Add((s, entries, ToolCatalogue.Missing(policy, entries), null));
+                    catalogue = await ToolCatalogue.ListAsync(s, SnapshotBuilder.LoadPolicy(s), ListTimeout, cancellationToken).ConfigureAwait(false);
                 }
-                catch (Exception ex) when (ex is UpstreamException or ConfigValidationException)
+                catch (ConfigValidationException ex)
                 {
-                    results.Add((s, null, null, ex.Message));
-                    error.WriteLine($"sidecar tools: {s.Name}: {ex.Message}");
+                    catalogue = new ServerCatalogue(s.Name, null, null, ex.Message);
                 }
+                if (catalogue.Error is { } failure)
+                {
+                    error.WriteLine($"sidecar tools: {s.Name}: {failure}");
+                }
+                results.Add((s, catalogue));
             }
             var output = parse.InvocationConfiguration.Output;
             if (parse.GetValue(format) == "json")
@@ -59,7 +62,7 @@ internal static class ToolsCommand
             {
                 WriteTable(output, results);
             }
-            return results.Exists(r => r.Error is not null) ? 1 : 0;
+            return results.Exists(r => r.Catalogue.Error is not null) ? 1 : 0;
         });
         return command;
     }
@@ -81,16 +84,13 @@ internal static class ToolsCommand
                 return 1;
             }
             byte[] policy;
-            try
+            var catalogue = await ToolCatalogue.ListAsync(s, SnapshotBuilder.LoadPolicy(s), ListTimeout, cancellationToken).ConfigureAwait(false);
+            if (catalogue.Error is { } failure)
             {
-                var tools = ToolCatalogue.Describe(SnapshotBuilder.LoadPolicy(s), await ListAsync(s, cancellationToken).ConfigureAwait(false));
-                policy = PolicySuggester.Suggest(tools.Select(t => t.Tool), s.Name);
-            }
-            catch (UpstreamException ex)
-            {
-                error.WriteLine($"sidecar policy suggest: {s.Name}: {ex.Message}");
+                error.WriteLine($"sidecar policy suggest: {s.Name}: {failure}");
                 return 1;
             }
+            policy = PolicySuggester.Suggest(catalogue.Tools!.Select(t => t.Tool), s.Name);
             if (parse.GetValue(outputFile) is { } file)
             {
                 await File.WriteAllBytesAsync(file, policy, cancellationToken).ConfigureAwait(false);
@@ -146,23 +146,11 @@ internal static class ToolsCommand
         return null;
     }
 
-    private static async Task<IReadOnlyList<byte[]>> ListAsync(ServerConfig server, CancellationToken cancellationToken)
+    private static void WriteTable(TextWriter output, List<(ServerConfig Server, ServerCatalogue Catalogue)> results)
     {
-        var connector = UpstreamConnectors.Create(server, GatewayLimits.Default, null);
-        try
+        foreach (var (server, catalogue) in results)
         {
-            return await UpstreamToolLister.ListAsync(connector, ListTimeout, cancellationToken).ConfigureAwait(false);
-        }
-        finally
-        {
-            (connector as IDisposable)?.Dispose();
-        }
-    }
-
-    private static void WriteTable(TextWriter output, List<(ServerConfig Server, List<CatalogueEntry>? Entries, List<string>? Missing, string? Error)> results)
-    {
-        foreach (var (server, entries, missing, error) in results)
-        {
+            var (entries, missing, error) = (catalogue.Tools, catalogue.Missing, catalogue.Error);
             output.WriteLine($"{server.Name} ({server.TransportName}, policy {server.PolicyPath ?? "none: everything denied"})");
             if (error is not null)
             {
@@ -181,48 +169,12 @@ internal static class ToolsCommand
         }
     }
 
-    private static void WriteJson(TextWriter output, List<(ServerConfig Server, List<CatalogueEntry>? Entries, List<string>? Missing, string? Error)> results)
+    private static void WriteJson(TextWriter output, List<(ServerConfig Server, ServerCatalogue Catalogue)> results)
     {
         var buffer = new System.Buffers.ArrayBufferWriter<byte>(4096);
         using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
         {
-            json.WriteStartObject();
-            json.WriteStartArray("servers"u8);
-            foreach (var (server, entries, missing, error) in results)
-            {
-                json.WriteStartObject();
-                json.WriteString("name"u8, server.Name);
-                if (error is not null)
-                {
-                    json.WriteString("error"u8, error);
-                    json.WriteEndObject();
-                    continue;
-                }
-                json.WriteStartArray("tools"u8);
-                foreach (var entry in entries!)
-                {
-                    json.WriteStartObject();
-                    json.WriteString("name"u8, entry.Tool.Name);
-                    json.WriteString("category"u8, ToolClassifier.Name(entry.Class.Category));
-                    json.WriteString("risk"u8, ToolClassifier.Name(entry.Class.Risk));
-                    json.WriteString("decision"u8, entry.Decision);
-                    json.WriteString("rule"u8, entry.Rule);
-                    json.WriteString("hash"u8, entry.Hash);
-                    // Policies cannot pin tools in this version: nothing is pinned.
-                    json.WriteBoolean("pinned"u8, false);
-                    json.WriteEndObject();
-                }
-                json.WriteEndArray();
-                json.WriteStartArray("missing"u8);
-                foreach (var name in missing!)
-                {
-                    json.WriteStringValue(name);
-                }
-                json.WriteEndArray();
-                json.WriteEndObject();
-            }
-            json.WriteEndArray();
-            json.WriteEndObject();
+            ToolCatalogue.WriteJson(json, results.Select(r => r.Catalogue));
         }
         output.WriteLine(System.Text.Encoding.UTF8.GetString(buffer.WrittenSpan));
     }

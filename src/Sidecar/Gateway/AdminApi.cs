@@ -5,6 +5,7 @@ using System.Text.Json;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
 using Sidecar.Approvals;
+using Sidecar.Catalogue;
 using Sidecar.Sessions;
 
 namespace Sidecar.Gateway;
@@ -22,7 +23,7 @@ internal sealed class AdminConnectionFeature
 /// <item><c>GET /v1/approvals[?status=all]</c>: pending approvals (with <c>all</c>, the recent decided ones too).</item>
 /// <item><c>POST /v1/approvals/{id}/approve|deny</c> with an optional <c>{"reason", "by"}</c>: 200 with the approval, 404, 409.</item>
 /// <item><c>POST /v1/reload</c>: 200 <c>{"applied": true, …}</c>, or 422 with every error and the old config kept.</item>
-/// <item><c>GET /v1/tools</c>: 501 (the catalogue is not in this version).</item>
+/// <item><c>GET /v1/tools</c>: the tool catalogue (as <c>sidecar tools --format json</c>).</item>
 /// </list>
 /// Answers are JSON; errors are <c>{"error": "…"}</c>.
 /// </summary>
@@ -81,14 +82,30 @@ internal sealed partial class AdminApi(Gateway gateway, ILogger logger)
                 await GatewayHost.WriteMetricsAsync(context, gateway).ConfigureAwait(false);
                 return;
             case ["v1", "tools"]:
-                await WriteErrorAsync(context, StatusCodes.Status501NotImplemented,
-                    "Not Implemented: the tool catalogue is not part of this version of Sidecar").ConfigureAwait(false);
+                if (!HttpMethods.IsGet(request.Method))
+                {
+                    await MethodNotAllowedAsync(context, "GET").ConfigureAwait(false);
+                    return;
+                }
+                await ToolsAsync(context).ConfigureAwait(false);
                 return;
             default:
                 await WriteErrorAsync(context, StatusCodes.Status404NotFound,
                     $"Not Found: {path} (the admin API has /v1/approvals, /v1/approvals/ID/approve, /v1/approvals/ID/deny, /v1/reload, /v1/tools)").ConfigureAwait(false);
                 return;
         }
+    }
+
+    /// <summary>
+    /// <c>GET /v1/tools</c>: the catalogue, as <c>sidecar tools --format json</c> prints it: every server of the live
+    /// config asked for its tools (each through a session of its own, all at once), under the server's own policy.
+    /// </summary>
+    private async Task ToolsAsync(HttpContext context)
+    {
+        var servers = gateway.Engine.Current.Servers.Values.ToList();
+        var catalogues = await Task.WhenAll(servers.Select(server =>
+            ToolCatalogue.ListAsync(server.Config, server.Policy, TimeSpan.FromSeconds(60), context.RequestAborted))).ConfigureAwait(false);
+        await WriteJsonAsync(context, StatusCodes.Status200OK, json => ToolCatalogue.WriteJson(json, catalogues)).ConfigureAwait(false);
     }
 
     /// <summary>Constant time in the token's content and length: both sides are hashed first.</summary>

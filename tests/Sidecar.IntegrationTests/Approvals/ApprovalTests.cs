@@ -477,7 +477,16 @@ public sealed class ApprovalTests : IAsyncLifetime
         Assert.Equal(HttpStatusCode.Unauthorized, wrong);
         Assert.Contains("admin", body.GetProperty("error").GetString(), StringComparison.Ordinal);
         Assert.Equal(HttpStatusCode.Unauthorized, (await AdminAsync(sidecar, HttpMethod.Post, "/v1/reload", token: OpsKey)).Status);
-        Assert.Equal(HttpStatusCode.NotImplemented, (await AdminAsync(sidecar, HttpMethod.Get, "/v1/tools")).Status);
+        // The catalogue: every tool of the server under the server's own policy. This config has none (only grants'
+        // policies), so anonymous use is denied everything.
+        var (catalogued, catalogue) = await AdminAsync(sidecar, HttpMethod.Get, "/v1/tools");
+        Assert.Equal(HttpStatusCode.OK, catalogued);
+        var server = Assert.Single(catalogue.GetProperty("servers").EnumerateArray());
+        Assert.Equal("everything", server.GetProperty("name").GetString());
+        var tools = server.GetProperty("tools").EnumerateArray().ToDictionary(t => t.GetProperty("name").GetString()!);
+        Assert.Contains("get-sum", tools.Keys);
+        Assert.All(tools.Values, t => Assert.Equal("denied", t.GetProperty("decision").GetString()));
+        Assert.All(tools.Values, t => Assert.StartsWith("sha256:", t.GetProperty("hash").GetString(), StringComparison.Ordinal));
         // /metrics on the admin listener too, with its token.
         using (var request = new HttpRequestMessage(HttpMethod.Get, new Uri(sidecar.AdminUrl!, "/metrics")))
         {

@@ -89,13 +89,11 @@ public static class ToolCatalogue
     }
 
     /// <summary>The catalogue entries of <paramref name="tools"/> (each the JSON object the server listed) under <paramref name="policy"/>.</summary>
-    public static List<CatalogueEntry> Describe(PolicyModel policy, IReadOnlyList<byte[]> tools)
+    public static List<CatalogueEntry> Describe(PolicyModel policy, IReadOnlyList<JsonElement> tools)
     {
         var entries = new List<CatalogueEntry>(tools.Count);
-        foreach (var json in tools)
+        foreach (var root in tools)
         {
-            using var document = JsonDocument.Parse(json);
-            var root = document.RootElement;
             var tool = new ToolDefinition(root.GetProperty("name").GetString()!, Text(root, "description"), Annotations(root));
             var rule = policy.Resolve(tool.Name);
             entries.Add(new CatalogueEntry(tool, ToolClassifier.Classify(tool), DecisionOf(policy, rule), rule.Id, Hash(root)));

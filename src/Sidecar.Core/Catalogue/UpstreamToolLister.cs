@@ -17,11 +17,12 @@ public static class UpstreamToolLister
     private static readonly JsonWriterOptions s_json = new() { Indented = false };
 
     /// <summary>
-    /// Every tool of the server behind <paramref name="connector"/>, each the JSON object the server sent. Throws
+    /// Every tool of the server behind <paramref name="connector"/>, each the JSON object the server sent (an element
+    /// that outlives the answer's document). Throws
     /// <see cref="UpstreamException"/> when the server is unreachable, refuses, answers with an error, or takes longer
     /// than <paramref name="timeout"/> in all.
     /// </summary>
-    public static async Task<IReadOnlyList<byte[]>> ListAsync(IUpstreamConnector connector, TimeSpan timeout, CancellationToken cancellationToken = default)
+    public static async Task<IReadOnlyList<JsonElement>> ListAsync(IUpstreamConnector connector, TimeSpan timeout, CancellationToken cancellationToken = default)
     {
         using var bound = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         bound.CancelAfter(timeout);
@@ -42,7 +43,7 @@ public static class UpstreamToolLister
             await connection.SendAsync(new ReadOnlySequence<byte>("""{"jsonrpc":"2.0","method":"notifications/initialized"}"""u8.ToArray()), 0, bound.Token)
                 .ConfigureAwait(false);
 
-            var tools = new List<byte[]>();
+            var tools = new List<JsonElement>();
             string? cursor = null;
             for (var page = 0; page < MaxPages; page++)
             {
@@ -63,7 +64,7 @@ public static class UpstreamToolLister
                 {
                     if (tool.ValueKind == JsonValueKind.Object && tool.TryGetProperty("name", out var name) && name.ValueKind == JsonValueKind.String)
                     {
-                        tools.Add(JsonSerializerFree.RawBytes(tool));
+                        tools.Add(tool.Clone());
                     }
                 }
                 cursor = root.TryGetProperty("nextCursor", out var next) && next.ValueKind == JsonValueKind.String ? next.GetString() : null;
@@ -144,11 +145,5 @@ public static class UpstreamToolLister
         }
         await connection.Completion.ConfigureAwait(false);
         throw new UpstreamException($"{method}: the upstream closed the session before it answered");
-    }
-
-    /// <summary>The raw JSON text of an element, as bytes (no serializer involved).</summary>
-    private static class JsonSerializerFree
-    {
-        public static byte[] RawBytes(JsonElement element) => System.Text.Encoding.UTF8.GetBytes(element.GetRawText());
     }
 }

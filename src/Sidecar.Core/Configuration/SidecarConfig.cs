@@ -41,6 +41,37 @@ public sealed record SidecarConfig(
 
     /// <summary><c>logging</c>: the format and level of the log on stderr.</summary>
     public LoggingConfig Logging { get; init; } = LoggingConfig.Default;
+
+    /// <summary><c>aggregate</c>: which servers the aggregated endpoint (<c>/mcp</c>) serves, and how their tools are named.</summary>
+    public AggregateConfig Aggregate { get; init; } = AggregateConfig.Default;
+}
+
+/// <summary>
+/// <c>aggregate</c>: the aggregated endpoint serves <see cref="Servers"/> (null: every server whose name does not
+/// contain the separator, in config order) and names each tool and prompt <c>{server}{Separator}{name}</c>.
+/// </summary>
+public sealed record AggregateConfig(IReadOnlyList<string>? Servers, string Separator)
+{
+    public const string DefaultSeparator = "__";
+
+    public static AggregateConfig Default { get; } = new(null, DefaultSeparator);
+
+    /// <summary>Whether <paramref name="server"/> is part of the aggregated endpoint.</summary>
+    public bool Includes(string server)
+    {
+        if (Servers is null)
+        {
+            return !server.Contains(Separator, StringComparison.Ordinal);
+        }
+        foreach (var name in Servers)
+        {
+            if (string.Equals(name, server, StringComparison.Ordinal))
+            {
+                return true;
+            }
+        }
+        return false;
+    }
 }
 
 /// <summary>The log's format on stderr.</summary>

@@ -10,7 +10,7 @@ namespace Sidecar.Configuration;
 /// </summary>
 public static class SidecarConfigReader
 {
-    private const string TopFields = "listen, mcpServers, policy, blockedCalls, limits, allowedOrigins, allowedHosts, audit, identities, grants, admin, approvals, logging";
+    private const string TopFields = "listen, mcpServers, policy, blockedCalls, limits, allowedOrigins, allowedHosts, audit, identities, grants, admin, approvals, logging, aggregate";
     private const string ServerFields = "command, args, env, cwd, url, transport, headers, policy, type, description";
 
     public static SidecarConfig LoadFile(string path, Func<string, string?>? environment = null)
@@ -124,6 +124,7 @@ public static class SidecarConfigReader
             : ApprovalsConfig.Default;
 
         var logging = members.Take("logging") is { } loggingNode ? ReadLogging(loggingNode, diagnostics) : LoggingConfig.Default;
+        var aggregate = members.Take("aggregate") is { } aggregateNode ? ReadAggregate(aggregateNode, servers, diagnostics) : AggregateConfig.Default;
 
         members.ReportUnknown(TopFields);
 
@@ -135,7 +136,7 @@ public static class SidecarConfigReader
 
         return diagnostics.Items.Count > errorsBefore
             ? null
-            : new SidecarConfig(file, listen, servers, topPolicy, blocked, limits, origins, hosts, audit) { Identities = identities, Grants = grants, Admin = admin, Approvals = approvals, Logging = logging };
+            : new SidecarConfig(file, listen, servers, topPolicy, blocked, limits, origins, hosts, audit) { Identities = identities, Grants = grants, Admin = admin, Approvals = approvals, Logging = logging, Aggregate = aggregate };
     }
 
     private static ServerConfig? ReadServer(string name, ConfigNode node, string baseDirectory, string? topPolicy,
@@ -239,6 +240,78 @@ public static class SidecarConfigReader
     }
 
     /// <summary><c>logging</c>: <c>format</c> (<c>json</c>, the default, or <c>text</c>) and <c>level</c>.</summary>
+    private static AggregateConfig ReadAggregate(ConfigNode node, List<ServerConfig> servers, DiagnosticBag diagnostics)
+    {
+        if (node is not ConfigObject obj)
+        {
+            diagnostics.Add(node, $"\"aggregate\" must be an object with \"servers\" and \"separator\", not {node.KindName}");
+            return AggregateConfig.Default;
+        }
+        var members = new PolicyConfigReader.MemberReader(obj, diagnostics);
+        var separator = AggregateConfig.DefaultSeparator;
+        if (members.Take("separator") is { } separatorNode && PolicyConfigReader.ReadString(separatorNode, diagnostics) is { } text)
+        {
+            if (text.Length is 0 or > 8 || !IsSeparatorText(text))
+            {
+                diagnostics.Add(separatorNode, $"invalid aggregate.separator \"{text}\": use 1 to 8 of the characters tool names allow (letters, digits, '_', '-', '.')");
+            }
+            else
+            {
+                separator = text;
+            }
+        }
+        List<string>? names = null;
+        if (members.Take("servers") is { } serversNode)
+        {
+            names = [];
+            if (serversNode is ConfigArray array)
+            {
+                foreach (var item in array.Items)
+                {
+                    if (PolicyConfigReader.ReadString(item, diagnostics) is not { } name)
+                    {
+                        continue;
+                    }
+                    if (!servers.Exists(s => s.Name == name))
+                    {
+                        diagnostics.Add(item, $"aggregate.servers names \"{name}\", which is not in mcpServers");
+                    }
+                    else if (names.Contains(name))
+                    {
+                        diagnostics.Add(item, $"aggregate.servers names \"{name}\" twice");
+                    }
+                    else if (name.Contains(separator, StringComparison.Ordinal))
+                    {
+                        diagnostics.Add(item, $"server \"{name}\" contains the aggregated endpoint's separator \"{separator}\", so its tools' names "
+                            + "there would be ambiguous: rename it, or choose another aggregate.separator");
+                    }
+                    else
+                    {
+                        names.Add(name);
+                    }
+                }
+            }
+            else
+            {
+                diagnostics.Add(serversNode, $"aggregate.servers must be an array of server names, not {serversNode.KindName}");
+            }
+        }
+        members.ReportUnknown("servers, separator");
+        return new AggregateConfig(names, separator);
+    }
+
+    private static bool IsSeparatorText(string text)
+    {
+        foreach (var c in text)
+        {
+            if (!(char.IsAsciiLetterOrDigit(c) || c is '_' or '-' or '.'))
+            {
+                return false;
+            }
+        }
+        return true;
+    }
+
     private static LoggingConfig ReadLogging(ConfigNode node, DiagnosticBag diagnostics)
     {
         if (node is not ConfigObject obj)

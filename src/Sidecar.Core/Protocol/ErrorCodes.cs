@@ -40,6 +40,9 @@ public static class ErrorCodes
     /// <summary>The upstream server did not answer in time.</summary>
     public const int UpstreamTimeout = -32017;
 
+    /// <summary>MCP's "resource not found" (<c>resources/read</c> of an unknown URI).</summary>
+    public const int ResourceNotFound = -32002;
+
     public const int ParseError = -32700;
     public const int InvalidRequest = -32600;
     public const int MethodNotFound = -32601;

@@ -28,7 +28,7 @@ internal sealed partial class McpSession
     private readonly ConcurrentDictionary<RpcId, HeldCall> _held = new();
 
     /// <summary>Calls waiting for a person's approval now.</summary>
-    public int HeldCount => _held.Count;
+    public override int HeldCount => _held.Count;
 
     private bool Hold(GatewaySnapshot snapshot, ServerState current, Caller caller, ReadOnlySequence<byte> message, in JsonRpcScan scan,
         RpcId key, byte[] rawId, string tool, in Decision decision, MessageSink sink)
@@ -229,7 +229,7 @@ internal sealed partial class McpSession
     {
         foreach (var (_, held) in _held)
         {
-            if ((sink is not null && !ReferenceEquals(held.Sink, sink)) || !held.TryFinish())
+            if ((sink is not null && !ReferenceEquals(held.Sink.Origin, sink)) || !held.TryFinish())
             {
                 continue;
             }
@@ -256,7 +256,7 @@ internal sealed partial class McpSession
     }
 
     /// <summary>The gateway begins to drain: calls waiting for a person are answered now (-32016, shutting down).</summary>
-    internal void AbortHeldForShutdown() => AbortHeld(null, SessionMessages.ShuttingDown);
+    internal override void AbortHeldForShutdown() => AbortHeld(null, SessionMessages.ShuttingDown);
 
     private static void SendProgress(HeldCall held, Approval approval, int progress, long waitedMs, TimeSpan hold)
     {

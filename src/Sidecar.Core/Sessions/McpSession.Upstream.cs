@@ -58,6 +58,7 @@ internal sealed partial class McpSession
                 if (Volatile.Read(ref _initializeParams) is { } initializeParams)
                 {
                     await ReinitializeAsync(connection, initializeParams, options, timeout.Token).ConfigureAwait(false);
+                    UpstreamStateChanged?.Invoke(this, true);
                 }
                 _failures = 0;
                 return connection;
@@ -79,6 +80,14 @@ internal sealed partial class McpSession
             _connectGate.Release();
         }
     }
+
+    /// <summary>
+    /// Connects again now if the upstream connection is gone (an initialized session replays the agent's
+    /// <c>initialize</c>); throws <see cref="UpstreamException"/> when that fails or the backoff after a failure has
+    /// not passed yet. For <see cref="AggregateSession"/>, which brings a lost server back without waiting for a call.
+    /// </summary>
+    internal async ValueTask ReconnectAsync(GatewayOptions options, CancellationToken cancellationToken)
+        => await EnsureConnectedAsync(options, cancellationToken).ConfigureAwait(false);
 
     /// <summary>
     /// A respawned or reconnected upstream starts a fresh session: replay the agent's own <c>initialize</c> (same
@@ -146,6 +155,10 @@ internal sealed partial class McpSession
             Log.UpstreamEnded(_server.Name, _server.Config.TransportName, Id, reason);
         }
         FailGeneration(generation, SessionMessages.WentAway(_server.Name, reason));
+        if (!IsDisposed && generation == Volatile.Read(ref _generation))
+        {
+            UpstreamStateChanged?.Invoke(this, false);
+        }
     }
 
     private void OnUpstreamMessage(ReadOnlyMemory<byte> payload, long correlation)
@@ -231,17 +244,13 @@ internal sealed partial class McpSession
             only = pending.Sink;
             onlyPending = pending;
         }
-        var stream = Volatile.Read(ref _stream);
+        var stream = StreamSink;
         if (target is null && correlation == 0 && candidates == 1 && (callScoped || stream is null))
         {
             target = only;
             onlyPending!.Deadline = deadline;
         }
-        target ??= stream;
-        if (target is null || !target.TryWrite(payload, false))
-        {
-            _backlog.Writer.TryWrite(payload);
-        }
+        ToStream(payload, target);
     }
 
     private async Task CancelUpstreamAsync(byte[] rawId, string reason)

@@ -1,6 +1,5 @@
 using System.Buffers;
 using System.Collections.Concurrent;
-using System.Threading.Channels;
 using Sidecar.Audit;
 using Sidecar.Decisions;
 using Sidecar.Identity;
@@ -31,79 +30,61 @@ internal enum SessionTransport : byte
 /// Allowed messages are forwarded as the agent sent them (ids included: one upstream session per agent session needs
 /// no id rewriting). This file is the agent side; <c>McpSession.Upstream.cs</c> the upstream side.
 /// </summary>
-internal sealed partial class McpSession : IAsyncDisposable
+internal sealed partial class McpSession : AgentSession
 {
-    /// <summary>Server messages kept while the agent has no stream open; past it the oldest are dropped.</summary>
-    private const int BacklogCapacity = 256;
-
     private readonly SessionEngine _engine;
     private readonly ServerState _server;
     private readonly ConcurrentDictionary<RpcId, PendingRequest> _pending = new();
-    private readonly Channel<ReadOnlyMemory<byte>> _backlog = Channel.CreateBounded<ReadOnlyMemory<byte>>(
-        new BoundedChannelOptions(BacklogCapacity) { FullMode = BoundedChannelFullMode.DropOldest });
     private readonly CancellationTokenSource _lifetime = new();
     private byte[]? _initializeParams; // the agent's initialize params, once the upstream accepted them
     private byte[]? _initializing;     // the params of an initialize still waiting for its answer
     private string? _protocolVersion;
-    private MessageSink? _stream;
     private long _correlation;
-    private long _lastActivity = Environment.TickCount64;
-    private int _disposed;
 
     public McpSession(string id, SessionEngine engine, ServerState server, SessionTransport transport, Caller caller = default)
+        : base(id, transport, caller)
     {
-        Id = id;
         _engine = engine;
         _server = server;
-        Transport = transport;
-        Caller = caller;
         server.Upstream.Retain();
     }
 
-    /// <summary>Who opened the session: it belongs to that identity (another one, or none, cannot use its id).</summary>
-    public Caller Caller { get; }
-
-    public string Id { get; }
-
-    public SessionTransport Transport { get; }
-
     /// <summary>The server's name; its policy comes from the snapshot each request runs under.</summary>
-    public string ServerName => _server.Name;
+    public override string ServerName => _server.Name;
 
     /// <summary>The server as it was defined when the session opened (its upstream connector).</summary>
     public ServerState Server => _server;
 
-    /// <summary>The agent's open stream, if any (always set for a legacy SSE or stdio session while it is connected).</summary>
-    public MessageSink? StreamSink => Volatile.Read(ref _stream);
-
     public bool IsInitialized => Volatile.Read(ref _initializeParams) is not null;
 
     /// <summary>The version the upstream's <c>initialize</c> result gave; null until then.</summary>
-    public string? ProtocolVersion => Volatile.Read(ref _protocolVersion);
-
-    public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
+    public override string? ProtocolVersion => Volatile.Read(ref _protocolVersion);
 
     private SessionLog Log => _engine.Log;
 
     private AuditRecorder Audit => _engine.Audit;
 
     /// <summary>Requests forwarded and not yet answered.</summary>
-    public int Pending => _pending.Count;
+    public override int Pending => _pending.Count;
 
-    /// <summary>True when nothing is happening and the agent has not been seen for <paramref name="timeout"/>.</summary>
-    public bool IsIdle(TimeSpan timeout)
-        => _pending.IsEmpty && _held.IsEmpty && Volatile.Read(ref _stream) is null
-           && Environment.TickCount64 - Interlocked.Read(ref _lastActivity) > (long)timeout.TotalMilliseconds;
+    /// <summary>
+    /// Set by an <see cref="AggregateSession"/> that owns this session: told when the upstream connection is lost
+    /// (false) and when a new one is up and initialized again (true).
+    /// </summary>
+    internal Action<McpSession, bool>? UpstreamStateChanged { get; set; }
+
+    /// <summary>True while a request of the agent with this id waits for its upstream answer.</summary>
+    internal bool IsPending(in RpcId key) => _pending.ContainsKey(key);
 
     /// <summary>
     /// Handles one message from the agent (never a batch: <see cref="SessionEngine.ReceiveAsync"/> splits them) under
     /// <paramref name="snapshot"/>. Returns true when a response for it will be written to <paramref name="sink"/> (at
     /// once for a blocked call or an error, later for a forwarded request).
     /// </summary>
-    internal async ValueTask<bool> ProcessAsync(GatewaySnapshot snapshot, Caller caller, ReadOnlySequence<byte> message, JsonRpcScan scan, MessageSink sink,
+    internal override async ValueTask<bool> ProcessAsync(GatewaySnapshot snapshot, Caller caller, ReadOnlySequence<byte> message, JsonRpcScan scan, MessageSink sink,
         CancellationToken cancellationToken)
     {
-        Interlocked.Exchange(ref _lastActivity, Environment.TickCount64);
+        Touch();
         switch (scan.Kind)
         {
             case JsonRpcMessageKind.Response or JsonRpcMessageKind.ErrorResponse:
@@ -250,32 +231,12 @@ internal sealed partial class McpSession : IAsyncDisposable
 
     private static long Deadline(GatewayOptions options) => Environment.TickCount64 + (long)options.Limits.UpstreamTimeout.TotalMilliseconds;
 
-    /// <summary>Attaches the agent's stream (Streamable HTTP GET, legacy SSE, stdout). False if one is already open.</summary>
-    public bool AttachStream(MessageSink sink)
-    {
-        if (Interlocked.CompareExchange(ref _stream, sink, null) is not null)
-        {
-            return false;
-        }
-        while (_backlog.Reader.TryRead(out var message))
-        {
-            sink.TryWrite(message, false);
-        }
-        return true;
-    }
-
-    public void DetachStream(MessageSink sink)
-    {
-        Interlocked.CompareExchange(ref _stream, null, sink);
-        Interlocked.Exchange(ref _lastActivity, Environment.TickCount64);
-    }
-
     /// <summary>The agent stopped waiting for these requests (it disconnected): forget them and tell the server.</summary>
-    public void Abandon(MessageSink sink)
+    public override void Abandon(MessageSink sink)
     {
         foreach (var (_, pending) in _pending)
         {
-            if (ReferenceEquals(pending.Sink, sink) && _pending.TryRemove(new KeyValuePair<RpcId, PendingRequest>(pending.Key, pending)))
+            if (ReferenceEquals(pending.Sink.Origin, sink) && _pending.TryRemove(new KeyValuePair<RpcId, PendingRequest>(pending.Key, pending)))
             {
                 // No refund: the server may have run the call already.
                 Audit.RecordCompletion(pending.AuditId, AuditOutcome.Cancelled);
@@ -286,7 +247,7 @@ internal sealed partial class McpSession : IAsyncDisposable
     }
 
     /// <summary>Fails requests whose upstream answer is overdue. Called by the engine's heartbeat.</summary>
-    public void ExpireOverdue(long now)
+    public override void ExpireOverdue(long now)
     {
         foreach (var (_, pending) in _pending)
         {
@@ -331,16 +292,13 @@ internal sealed partial class McpSession : IAsyncDisposable
         }
     }
 
-    /// <summary>Ends the session: the agent closed it (DELETE, its stream ended, stdin closed) or it was idle; its calls in flight are <c>cancelled</c>.</summary>
-    public ValueTask DisposeAsync() => CloseAsync(AuditOutcome.Cancelled, SessionMessages.SessionClosed);
-
     /// <summary>
     /// Ends the session: calls in flight are answered with -32016 and <paramref name="message"/> and recorded with
     /// <paramref name="outcome"/>; the upstream session (a stdio process) is closed. Once; later calls do nothing.
     /// </summary>
-    public async ValueTask CloseAsync(AuditOutcome outcome, string message)
+    public override async ValueTask CloseAsync(AuditOutcome outcome, string message)
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        if (!BeginClose())
         {
             return;
         }
@@ -352,7 +310,7 @@ internal sealed partial class McpSession : IAsyncDisposable
         {
             Fail(pending, ErrorCodes.UpstreamUnavailable, message, outcome);
         }
-        Volatile.Read(ref _stream)?.Complete();
+        StreamSink?.Complete();
         if (Interlocked.Exchange(ref _connection, null) is { } connection)
         {
             await DisposeQuietlyAsync(connection).ConfigureAwait(false);

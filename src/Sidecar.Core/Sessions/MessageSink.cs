@@ -31,6 +31,16 @@ internal readonly record struct Outbound(ReadOnlyMemory<byte> Payload, bool IsRe
 /// </remarks>
 internal sealed class MessageSink : IValueTaskSource<bool>
 {
+    /// <summary>
+    /// Rewrites what a relay sink is given before it goes on (<see cref="MessageSink(IMessageRelay, MessageSink?, bool)"/>):
+    /// the aggregated endpoint puts its own ids on server-to-client requests, so the agent's answer finds its server.
+    /// </summary>
+    internal interface IMessageRelay
+    {
+        /// <summary>Passes <paramref name="payload"/> on to <paramref name="target"/> (null: the session's stream); false when nothing took it.</summary>
+        bool Relay(MessageSink? target, ReadOnlyMemory<byte> payload, bool isResponse, long auditTicket);
+    }
+
     /// <summary>Upper bound on queued messages waiting for a slow agent; past it the oldest are dropped (and counted).</summary>
     public const int Capacity = 4096;
 
@@ -50,7 +60,30 @@ internal sealed class MessageSink : IValueTaskSource<bool>
 
     private AsyncSignal _signal;
 
-    public MessageSink(bool acceptsRelatedMessages) => AcceptsRelatedMessages = acceptsRelatedMessages;
+    private readonly IMessageRelay? _relay;
+    private readonly MessageSink? _target;
+
+    public MessageSink(bool acceptsRelatedMessages)
+    {
+        AcceptsRelatedMessages = acceptsRelatedMessages;
+        Origin = this;
+    }
+
+    /// <summary>
+    /// A sink that is never read: what it is given goes through <paramref name="relay"/> to <paramref name="target"/>
+    /// (a POST's own sink; null: wherever the relay sends session-wide traffic). It stands in for
+    /// <paramref name="target"/> (<see cref="Origin"/>) when the agent abandons that POST.
+    /// </summary>
+    public MessageSink(IMessageRelay relay, MessageSink? target, bool acceptsRelatedMessages)
+    {
+        _relay = relay;
+        _target = target;
+        AcceptsRelatedMessages = acceptsRelatedMessages;
+        Origin = target ?? this;
+    }
+
+    /// <summary>The sink an agent's transport reads: this one, or the one a relay sink writes to.</summary>
+    public MessageSink Origin { get; }
 
     /// <summary>True for SSE sinks, which can carry requests and notifications besides the responses.</summary>
     public bool AcceptsRelatedMessages { get; }
@@ -63,7 +96,15 @@ internal sealed class MessageSink : IValueTaskSource<bool>
     public int Held => Volatile.Read(ref _held);
 
     /// <summary>Counts a call held for approval (<see cref="Held"/>).</summary>
-    public void MarkHeld() => Interlocked.Increment(ref _held);
+    public void MarkHeld()
+    {
+        if (_target is not null)
+        {
+            _target.MarkHeld();
+            return;
+        }
+        Interlocked.Increment(ref _held);
+    }
 
     /// <summary>
     /// Queues a message for the agent. False once the sink is complete (the stream it fed has ended). The reader holds
@@ -71,6 +112,10 @@ internal sealed class MessageSink : IValueTaskSource<bool>
     /// </summary>
     public bool TryWrite(ReadOnlyMemory<byte> payload, bool isResponse, long auditTicket = 0)
     {
+        if (_relay is not null)
+        {
+            return _relay.Relay(_target, payload, isResponse, auditTicket);
+        }
         if (Volatile.Read(ref _completed) != 0)
         {
             return false;
@@ -97,6 +142,10 @@ internal sealed class MessageSink : IValueTaskSource<bool>
     /// <summary>No more messages will be accepted; the reader sees the end once it has read what is queued.</summary>
     public void Complete()
     {
+        if (_relay is not null)
+        {
+            return; // the target's reader owns its end
+        }
         Interlocked.Exchange(ref _completed, 1);
         Wake();
     }

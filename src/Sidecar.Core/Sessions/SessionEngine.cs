@@ -42,7 +42,7 @@ internal sealed partial class SessionEngine : IAsyncDisposable
     private static readonly TimeSpan HeartbeatPeriod = TimeSpan.FromMilliseconds(250);
     private static readonly TimeSpan SweepPeriod = TimeSpan.FromSeconds(10);
 
-    private readonly ConcurrentDictionary<string, McpSession> _sessions = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, AgentSession> _sessions = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, StrongBox<int>> _perServer = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, StrongBox<int>> _perIdentity = new(StringComparer.Ordinal);
     private long _authFailures;
@@ -111,6 +111,17 @@ internal sealed partial class SessionEngine : IAsyncDisposable
     /// </summary>
     public SessionOpen TryOpen(GatewaySnapshot snapshot, ServerState server, SessionTransport transport, out McpSession? session, Caller caller = default)
     {
+        var opened = TryOpen(snapshot, new SessionTarget(server), transport, out var agentSession, caller);
+        session = agentSession as McpSession;
+        return opened;
+    }
+
+    /// <summary>
+    /// Opens a session on <paramref name="target"/>: one server, or the aggregated endpoint (whose sessions on each
+    /// server count against that server's <c>limits.maxSessionsPerServer</c> as they open, see <see cref="TryReserveServer"/>).
+    /// </summary>
+    public SessionOpen TryOpen(GatewaySnapshot snapshot, SessionTarget target, SessionTransport transport, out AgentSession? session, Caller caller = default)
+    {
         session = null;
         if (Volatile.Read(ref _stopping))
         {
@@ -121,16 +132,12 @@ internal sealed partial class SessionEngine : IAsyncDisposable
         {
             Interlocked.Decrement(ref _sessionCount);
             Interlocked.Increment(ref _sessionsRefused);
-            Log.SessionsFull(server.Name, SessionCount, $"limits.maxSessions is {max}");
+            Log.SessionsFull(target.Name, SessionCount, $"limits.maxSessions is {max}");
             return SessionOpen.GatewayFull;
         }
-        var perServer = _perServer.GetOrAdd(server.Name, static _ => new StrongBox<int>());
-        if (Interlocked.Increment(ref perServer.Value) > server.MaxSessions)
+        if (target.Server is { } server && !TryReserveServer(server))
         {
-            Interlocked.Decrement(ref perServer.Value);
             Interlocked.Decrement(ref _sessionCount);
-            Interlocked.Increment(ref _sessionsRefused);
-            Log.SessionsFull(server.Name, SessionCountOf(server.Name), $"limits.maxSessionsPerServer is {server.MaxSessions} for this server");
             return SessionOpen.ServerFull;
         }
         if (caller.Identity is { } identity)
@@ -140,23 +147,53 @@ internal sealed partial class SessionEngine : IAsyncDisposable
             if (Interlocked.Increment(ref perIdentity.Value) > maxPerIdentity)
             {
                 Interlocked.Decrement(ref perIdentity.Value);
-                Interlocked.Decrement(ref perServer.Value);
+                if (target.Server is { } reserved)
+                {
+                    ReleaseServer(reserved.Name);
+                }
                 Interlocked.Decrement(ref _sessionCount);
                 Interlocked.Increment(ref _sessionsRefused);
-                Log.SessionsFull(server.Name, Volatile.Read(ref perIdentity.Value), $"limits.maxSessionsPerIdentity is {maxPerIdentity} for identity {identity}");
+                Log.SessionsFull(target.Name, Volatile.Read(ref perIdentity.Value), $"limits.maxSessionsPerIdentity is {maxPerIdentity} for identity {identity}");
                 return SessionOpen.IdentityFull;
             }
         }
-        session = new McpSession(NewSessionId(), this, server, transport, caller);
+        session = target.Server is { } one
+            ? new McpSession(NewSessionId(), this, one, transport, caller)
+            : new AggregateSession(NewSessionId(), this, transport, caller);
         _sessions[session.Id] = session;
         return SessionOpen.Opened;
+    }
+
+    /// <summary>
+    /// Takes a place in <paramref name="server"/>'s <c>limits.maxSessionsPerServer</c>; false (counted and logged) when
+    /// it is full. <see cref="ReleaseServer"/> gives it back.
+    /// </summary>
+    internal bool TryReserveServer(ServerState server)
+    {
+        var perServer = _perServer.GetOrAdd(server.Name, static _ => new StrongBox<int>());
+        if (Interlocked.Increment(ref perServer.Value) > server.MaxSessions)
+        {
+            Interlocked.Decrement(ref perServer.Value);
+            Interlocked.Increment(ref _sessionsRefused);
+            Log.SessionsFull(server.Name, SessionCountOf(server.Name), $"limits.maxSessionsPerServer is {server.MaxSessions} for this server");
+            return false;
+        }
+        return true;
+    }
+
+    internal void ReleaseServer(string server)
+    {
+        if (_perServer.TryGetValue(server, out var count))
+        {
+            Interlocked.Decrement(ref count.Value);
+        }
     }
 
     /// <summary>
     /// The open session <paramref name="id"/> of <paramref name="server"/> reached over <paramref name="transport"/> by
     /// the identity that opened it; null otherwise: another identity (or none) on a session's id finds nothing.
     /// </summary>
-    public McpSession? Find(string server, string id, SessionTransport transport, string? identity = null)
+    public AgentSession? Find(string server, string id, SessionTransport transport, string? identity = null)
         => _sessions.TryGetValue(id, out var session) && session.ServerName == server && session.Transport == transport && !session.IsDisposed
            && string.Equals(session.Caller.Identity, identity, StringComparison.Ordinal)
             ? session
@@ -182,14 +219,14 @@ internal sealed partial class SessionEngine : IAsyncDisposable
     }
 
     /// <summary>Called once by a session as it closes.</summary>
-    internal void Forget(McpSession session)
+    internal void Forget(AgentSession session)
     {
-        if (_sessions.TryRemove(new KeyValuePair<string, McpSession>(session.Id, session)))
+        if (_sessions.TryRemove(new KeyValuePair<string, AgentSession>(session.Id, session)))
         {
             Interlocked.Decrement(ref _sessionCount);
-            if (_perServer.TryGetValue(session.ServerName, out var count))
+            if (session is McpSession)
             {
-                Interlocked.Decrement(ref count.Value);
+                ReleaseServer(session.ServerName);
             }
             if (session.Caller.Identity is { } identity && _perIdentity.TryGetValue(identity, out var perIdentity))
             {
@@ -235,7 +272,7 @@ internal sealed partial class SessionEngine : IAsyncDisposable
     /// a single message, or a batch element by element (only in a session that negotiated 2025-03-26; later versions
     /// removed batches and get a refusal). Returns how many responses will be written to <paramref name="sink"/>.
     /// </summary>
-    public ValueTask<(int Expected, Refusal? Refused)> ReceiveAsync(GatewaySnapshot snapshot, McpSession session, ReadOnlySequence<byte> body,
+    public ValueTask<(int Expected, Refusal? Refused)> ReceiveAsync(GatewaySnapshot snapshot, AgentSession session, ReadOnlySequence<byte> body,
         JsonRpcScan scan, MessageSink sink, CancellationToken cancellationToken)
         => ReceiveAsync(snapshot, session, session.Caller, body, scan, sink, cancellationToken);
 
@@ -243,7 +280,7 @@ internal sealed partial class SessionEngine : IAsyncDisposable
     /// As above, for a request of <paramref name="caller"/> (the session's identity, with the grant the current
     /// snapshot gives it).
     /// </summary>
-    public async ValueTask<(int Expected, Refusal? Refused)> ReceiveAsync(GatewaySnapshot snapshot, McpSession session, Caller caller,
+    public async ValueTask<(int Expected, Refusal? Refused)> ReceiveAsync(GatewaySnapshot snapshot, AgentSession session, Caller caller,
         ReadOnlySequence<byte> body, JsonRpcScan scan, MessageSink sink, CancellationToken cancellationToken)
     {
         if (scan.Kind != JsonRpcMessageKind.Batch)
@@ -274,7 +311,7 @@ internal sealed partial class SessionEngine : IAsyncDisposable
         return ranges;
     }
 
-    private async ValueTask<bool> ReceiveElementAsync(GatewaySnapshot snapshot, McpSession session, Caller caller, ReadOnlySequence<byte> element,
+    private async ValueTask<bool> ReceiveElementAsync(GatewaySnapshot snapshot, AgentSession session, Caller caller, ReadOnlySequence<byte> element,
         MessageSink sink, CancellationToken cancellationToken)
     {
         var status = JsonRpcScanner.Scan(element, out var scan, snapshot.Options.Scanner);
@@ -378,6 +415,10 @@ internal sealed partial class SessionEngine : IAsyncDisposable
                         closing++;
                         _ = session.DisposeAsync().AsTask();
                     }
+                    else if (session is AggregateSession aggregate)
+                    {
+                        closing += aggregate.ServerRemoved(name);
+                    }
                 }
                 Log.ServerRemoved(name, closing);
             }
@@ -387,6 +428,13 @@ internal sealed partial class SessionEngine : IAsyncDisposable
             if (!previous.Servers.ContainsKey(name))
             {
                 Log.ServerReady(name, server.Config.TransportName, server.Config.PolicyPath ?? "(none: everything denied)");
+            }
+        }
+        foreach (var (_, session) in _sessions)
+        {
+            if (session is AggregateSession aggregate)
+            {
+                aggregate.SnapshotApplied(previous, next);
             }
         }
     }

@@ -78,4 +78,16 @@ internal sealed partial class SessionLog(ILogger logger)
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Drained in {Elapsed} ms: {Left} calls still in flight are answered with -32016 (shutting down; limits.shutdownGrace {Grace} ms)")]
     public partial void Drained(long elapsed, int left, long grace);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Aggregated session {Session}: {Server} is down ({Reason}); its tools are withdrawn until it is back")]
+    public partial void MemberDown(string session, string server, string reason);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Aggregated session {Session}: {Server} is up; its tools are listed")]
+    public partial void MemberUp(string session, string server);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Aggregated session {Session}: no server has the tool or prompt {Name} (names are server{Separator}name)")]
+    public partial void UnknownPrefix(string session, string name, string separator);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Aggregated session {Session}: dropped an answer of the agent to {Id}, which no server asked")]
+    public partial void UnknownServerRequest(string session, string id);
 }

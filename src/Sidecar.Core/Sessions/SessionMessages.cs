@@ -34,6 +34,15 @@ internal static class SessionMessages
     /// <summary>The reason a <c>notifications/cancelled</c> gives the upstream when its answer was overdue.</summary>
     public const string CancelledTimeout = "timed out at the gateway";
 
+    public const string AggregateNotInitialized = "Invalid Request: send initialize first";
+
+    public static string AggregateMethodNotFound(string method) => $"Method not found: {method} (the aggregated endpoint routes tools, prompts, resources, completion and logging)";
+
+    public static string AggregateUnknownName(string what, string? name, string separator) =>
+        $"Unknown {what}: \"{name}\" (on the aggregated endpoint names are server{separator}name, of a server that is part of it)";
+
+    public static string AggregateUnknownResource(string? uri) => $"Resource not found: \"{uri}\" (no server of the aggregated endpoint listed it)";
+
     public static string InvalidParams(string? error) => "Invalid params: " + error;
 
     public static string NoCanonicalArguments(string? error) => "the arguments cannot be put in canonical form for an approval: " + error;

@@ -137,6 +137,12 @@ internal static class GatewayHost
         app.MapDelete("/servers/{name}/mcp", new RequestDelegate(streamable.DeleteAsync));
         app.MapGet("/servers/{name}/sse", new RequestDelegate(legacy.StreamAsync));
         app.MapPost("/servers/{name}/message", new RequestDelegate(legacy.MessageAsync));
+        // The aggregated endpoint: the same handlers, with no server in the route.
+        app.MapPost("/mcp", new RequestDelegate(streamable.PostAsync));
+        app.MapGet("/mcp", new RequestDelegate(streamable.GetAsync));
+        app.MapDelete("/mcp", new RequestDelegate(streamable.DeleteAsync));
+        app.MapGet("/sse", new RequestDelegate(legacy.StreamAsync));
+        app.MapPost("/message", new RequestDelegate(legacy.MessageAsync));
         app.MapGet(HttpGuards.ProtectedResourcePath + "/{**resource}", new RequestDelegate(context => ProtectedResourceAsync(context, gateway)));
         app.MapGet(HttpGuards.ProtectedResourcePath, new RequestDelegate(context => ProtectedResourceAsync(context, gateway)));
         app.MapGet("/metrics", new RequestDelegate(context => WriteMetricsAsync(context, gateway)));

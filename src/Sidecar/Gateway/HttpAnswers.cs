@@ -43,7 +43,7 @@ internal static class HttpAnswers
     /// session id header is sent only when the upstream accepted it; returns whether it did.
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    public static async ValueTask<bool> WriteJsonResponseAsync(HttpContext context, McpSession session, AuditRecorder audit, MessageSink sink,
+    public static async ValueTask<bool> WriteJsonResponseAsync(HttpContext context, AgentSession session, AuditRecorder audit, MessageSink sink,
         int expected, bool isBatch, bool isInitialize)
     {
         // One response (the usual case) is kept as is; only a batch needs a list.
@@ -131,7 +131,7 @@ internal static class HttpAnswers
     /// as a plain JSON body with its length: one write instead of a chunked stream and its end.
     /// </remarks>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    public static async ValueTask WriteSseResponseAsync(HttpContext context, McpSession session, AuditRecorder audit, MessageSink sink, int expected,
+    public static async ValueTask WriteSseResponseAsync(HttpContext context, AgentSession session, AuditRecorder audit, MessageSink sink, int expected,
         bool jsonIfAnsweredFirst)
     {
         var response = context.Response;
@@ -301,12 +301,12 @@ internal static class HttpAnswers
     }
 
     /// <summary>HTTP 503 with <c>Retry-After</c> for a session past <c>limits.maxSessions</c> or <c>limits.maxSessionsPerServer</c>.</summary>
-    public static Task WriteSessionsFullAsync(HttpContext context, SessionOpen result, GatewaySnapshot snapshot, ServerState server)
+    public static Task WriteSessionsFullAsync(HttpContext context, SessionOpen result, GatewaySnapshot snapshot, ServerState? server)
     {
         context.Response.Headers.RetryAfter = "5";
         var message = result switch
         {
-            SessionOpen.ServerFull => SessionMessages.SessionsFull($"limits.maxSessionsPerServer for \"{server.Name}\"", server.MaxSessions),
+            SessionOpen.ServerFull when server is not null => SessionMessages.SessionsFull($"limits.maxSessionsPerServer for \"{server.Name}\"", server.MaxSessions),
             SessionOpen.IdentityFull => SessionMessages.SessionsFull("limits.maxSessionsPerIdentity for this identity", snapshot.Options.Limits.MaxSessionsPerIdentity),
             _ => SessionMessages.SessionsFull("limits.maxSessions", snapshot.Options.Limits.MaxSessions),
         };

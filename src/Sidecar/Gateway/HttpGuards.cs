@@ -45,9 +45,10 @@ internal static class HttpGuards
     /// Takes the live snapshot as the request's (it serves the whole request, whatever reloads meanwhile), checks
     /// <c>Host</c> and <c>Origin</c>, then the caller's credentials, then finds the route's server. Null (and why) when
     /// the request can't go on: credentials are judged before the server is looked up, so a caller without a key
-    /// gets the same answer whatever the server and learns nothing.
+    /// gets the same answer whatever the server and learns nothing. A route without a server name (<c>/mcp</c>,
+    /// <c>/sse</c>, <c>/message</c>) is the aggregated endpoint.
     /// </summary>
-    public static ServerState? Resolve(HttpContext context, Gateway gateway, out GatewaySnapshot snapshot, out Caller caller, out Refusal refused)
+    public static SessionTarget? Resolve(HttpContext context, Gateway gateway, out GatewaySnapshot snapshot, out Caller caller, out Refusal refused)
     {
         snapshot = gateway.Engine.Current;
         caller = Caller.Anonymous;
@@ -59,6 +60,7 @@ internal static class HttpGuards
         }
         var name = context.Request.RouteValues["name"] as string;
         var server = name is null ? null : snapshot.Find(name);
+        var found = name is null || server is not null;
         var status = snapshot.Identities.Resolve(context.Request.Headers.Authorization.Count switch
         {
             0 => [],
@@ -67,11 +69,11 @@ internal static class HttpGuards
         }, out caller);
         if (status is AuthStatus.Anonymous or AuthStatus.Authenticated)
         {
-            refused = server is null ? new Refusal(StatusCodes.Status404NotFound, ErrorCodes.ServerError, SessionMessages.UnknownServer(name)) : default;
-            return server;
+            refused = found ? default : new Refusal(StatusCodes.Status404NotFound, ErrorCodes.ServerError, SessionMessages.UnknownServer(name));
+            return found ? new SessionTarget(server) : null;
         }
         var reason = IdentityResolver.Reason(status);
-        gateway.Engine.RecordAuthFailure(server?.Name, reason, context.Connection.RemoteIpAddress?.ToString());
+        gateway.Engine.RecordAuthFailure(name is null ? AggregateSession.RouteName : server?.Name, reason, context.Connection.RemoteIpAddress?.ToString());
         if (status is AuthStatus.NoGrant or AuthStatus.UnknownGrant)
         {
             // Who it is is known; it may do nothing here.

@@ -19,22 +19,24 @@ internal sealed class LegacySseEndpoint(Gateway gateway)
 
     public async Task StreamAsync(HttpContext context)
     {
-        if (HttpGuards.Resolve(context, gateway, out var snapshot, out var caller, out var refused) is not { } server)
+        if (HttpGuards.Resolve(context, gateway, out var snapshot, out var caller, out var refused) is not { } target)
         {
             await WriteErrorAsync(context, refused.Status, refused.Code, refused.Message).ConfigureAwait(false);
             return;
         }
-        var opened = Engine.TryOpen(snapshot, server, SessionTransport.LegacySse, out var session, caller);
+        var opened = Engine.TryOpen(snapshot, target, SessionTransport.LegacySse, out var session, caller);
         if (opened != SessionOpen.Opened)
         {
-            await WriteSessionsFullAsync(context, opened, snapshot, server).ConfigureAwait(false);
+            await WriteSessionsFullAsync(context, opened, snapshot, target.Server).ConfigureAwait(false);
             return;
         }
         var sink = new MessageSink(acceptsRelatedMessages: true);
         session!.AttachStream(sink);
         try
         {
-            var endpoint = $"{context.Request.PathBase}/servers/{server.Name}/message?sessionId={session.Id}";
+            var endpoint = target.Server is { } server
+                ? $"{context.Request.PathBase}/servers/{server.Name}/message?sessionId={session.Id}"
+                : $"{context.Request.PathBase}/message?sessionId={session.Id}";
             await HttpAnswers.StreamAsync(context, sink, Encoding.UTF8.GetBytes(endpoint), Engine.Audit).ConfigureAwait(false);
         }
         finally
@@ -49,13 +51,13 @@ internal sealed class LegacySseEndpoint(Gateway gateway)
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask MessageCoreAsync(HttpContext context)
     {
-        if (HttpGuards.Resolve(context, gateway, out var snapshot, out var caller, out var refused) is not { } server)
+        if (HttpGuards.Resolve(context, gateway, out var snapshot, out var caller, out var refused) is not { } target)
         {
             await WriteErrorAsync(context, refused.Status, refused.Code, refused.Message).ConfigureAwait(false);
             return;
         }
         var id = context.Request.Query["sessionId"];
-        if (id.Count != 1 || Engine.Find(server.Name, id[0]!, SessionTransport.LegacySse, caller.Identity) is not { } session)
+        if (id.Count != 1 || Engine.Find(target.Name, id[0]!, SessionTransport.LegacySse, caller.Identity) is not { } session)
         {
             await WriteErrorAsync(context, StatusCodes.Status404NotFound, ErrorCodes.ServerError, SessionMessages.UnknownSession).ConfigureAwait(false);
             return;
@@ -81,7 +83,7 @@ internal sealed class LegacySseEndpoint(Gateway gateway)
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask InFlightAsync(HttpContext context, GatewaySnapshot snapshot, McpSession session, Caller caller)
+    private async ValueTask InFlightAsync(HttpContext context, GatewaySnapshot snapshot, AgentSession session, Caller caller)
     {
         var read = await HttpGuards.ReadBodyAsync(context, snapshot.Options.Limits.MaxMessageBytes).ConfigureAwait(false);
         if (read.Error is not null)

@@ -12,7 +12,7 @@ namespace Sidecar.Gateway;
 
 /// <summary>
 /// Streamable HTTP (<c>POST|GET|DELETE /servers/{name}/mcp</c>) over the session engine: headers and status codes
-/// here, MCP in <see cref="SessionEngine"/> and <see cref="McpSession"/>. A 2026-07-28 POST to an upstream that
+/// here, MCP in <see cref="SessionEngine"/> and the sessions (<see cref="McpSession"/>, <see cref="AggregateSession"/> for <c>/mcp</c>). A 2026-07-28 POST to an upstream that
 /// speaks it goes to <see cref="StatelessEndpoint"/>.
 /// </summary>
 internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint stateless)
@@ -25,7 +25,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
     /// </summary>
     public Task PostAsync(HttpContext context)
     {
-        if (HttpGuards.Resolve(context, gateway, out var snapshot, out var caller, out var refused) is not { } server)
+        if (HttpGuards.Resolve(context, gateway, out var snapshot, out var caller, out var refused) is not { } target)
         {
             return WriteErrorAsync(context, refused.Status, refused.Code, refused.Message);
         }
@@ -47,13 +47,13 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
         var read = HttpGuards.ReadBodyAsync(context, snapshot.Options.Limits.MaxMessageBytes);
         if (!read.IsCompletedSuccessfully)
         {
-            return AsTask(PostAfterReadAsync(context, snapshot, server, caller, read));
+            return AsTask(PostAfterReadAsync(context, snapshot, target, caller, read));
         }
-        return AsTask(HandlePostAsync(context, snapshot, server, caller, read.GetAwaiter().GetResult())); // leaves the gate when done
+        return AsTask(HandlePostAsync(context, snapshot, target, caller, read.GetAwaiter().GetResult())); // leaves the gate when done
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask PostAfterReadAsync(HttpContext context, GatewaySnapshot snapshot, ServerState server, Caller caller, ValueTask<HttpGuards.Body> read)
+    private async ValueTask PostAfterReadAsync(HttpContext context, GatewaySnapshot snapshot, SessionTarget target, Caller caller, ValueTask<HttpGuards.Body> read)
     {
         HttpGuards.Body body;
         try
@@ -65,7 +65,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
             Engine.InFlight.Exit();
             throw;
         }
-        await HandlePostAsync(context, snapshot, server, caller, body).ConfigureAwait(false);
+        await HandlePostAsync(context, snapshot, target, caller, body).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -73,7 +73,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
     /// in <see cref="SessionEngine.InFlight"/> back to the gate.
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask HandlePostAsync(HttpContext context, GatewaySnapshot snapshot, ServerState server, Caller caller, HttpGuards.Body read)
+    private async ValueTask HandlePostAsync(HttpContext context, GatewaySnapshot snapshot, SessionTarget target, Caller caller, HttpGuards.Body read)
     {
         if (read.Error is not null)
         {
@@ -94,7 +94,16 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
             var version = request.Headers[McpProtocol.ProtocolVersionHeader];
             if (version.Count == 1 && version[0] == McpProtocol.V20260728)
             {
-                await stateless.HandleAsync(context, snapshot, server, caller, body, scan).ConfigureAwait(false);
+                if (target.Server is { } statelessServer)
+                {
+                    await stateless.HandleAsync(context, snapshot, statelessServer, caller, body, scan).ConfigureAwait(false);
+                }
+                else
+                {
+                    // The aggregated endpoint serves sessions only: -32022 lets a dual-era client fall back to initialize.
+                    var rawId = scan.Kind == JsonRpcMessageKind.Request ? body.Slice(scan.Id.Start, scan.Id.Length).ToArray() : [];
+                    await WriteJsonAsync(context, JsonRpcResponses.UnsupportedVersion(rawId), StatusCodes.Status400BadRequest).ConfigureAwait(false);
+                }
                 return;
             }
             if (HttpGuards.CheckProtocolVersion(request) is { } versionError)
@@ -109,7 +118,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
                 return;
             }
 
-            McpSession? session;
+            AgentSession? session;
             var isInitialize = scan.Kind == JsonRpcMessageKind.Request && scan.Method == McpMethod.Initialize;
             if (isInitialize)
             {
@@ -118,10 +127,10 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
                     await WriteErrorAsync(context, StatusCodes.Status400BadRequest, ErrorCodes.InvalidRequest, SessionMessages.InitializeWithSession).ConfigureAwait(false);
                     return;
                 }
-                var opened = Engine.TryOpen(snapshot, server, SessionTransport.StreamableHttp, out session, caller);
+                var opened = Engine.TryOpen(snapshot, target, SessionTransport.StreamableHttp, out session, caller);
                 if (opened != SessionOpen.Opened)
                 {
-                    await WriteSessionsFullAsync(context, opened, snapshot, server).ConfigureAwait(false);
+                    await WriteSessionsFullAsync(context, opened, snapshot, target.Server).ConfigureAwait(false);
                     return;
                 }
             }
@@ -135,7 +144,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
                     scan.Kind == JsonRpcMessageKind.Request ? body.Slice(scan.Id.Start, scan.Id.Length).ToArray() : null).ConfigureAwait(false);
                 return;
             }
-            else if (Engine.Find(server.Name, sessionIds[0]!, SessionTransport.StreamableHttp, caller.Identity) is not { } found)
+            else if (Engine.Find(target.Name, sessionIds[0]!, SessionTransport.StreamableHttp, caller.Identity) is not { } found)
             {
                 await WriteErrorAsync(context, StatusCodes.Status404NotFound, ErrorCodes.ServerError, SessionMessages.UnknownSession).ConfigureAwait(false);
                 return;
@@ -225,7 +234,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
     /// <summary>The session's standalone stream: server requests and notifications outside any POST. One at a time.</summary>
     public async Task GetAsync(HttpContext context)
     {
-        if (HttpGuards.Resolve(context, gateway, out _, out var caller, out var refused) is not { } server)
+        if (HttpGuards.Resolve(context, gateway, out _, out var caller, out var refused) is not { } target)
         {
             await WriteErrorAsync(context, refused.Status, refused.Code, refused.Message).ConfigureAwait(false);
             return;
@@ -236,7 +245,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
                 "Not Acceptable: the client must accept text/event-stream").ConfigureAwait(false);
             return;
         }
-        if (await FindSessionAsync(context, server, caller).ConfigureAwait(false) is not { } session)
+        if (await FindSessionAsync(context, target, caller).ConfigureAwait(false) is not { } session)
         {
             return;
         }
@@ -260,12 +269,12 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
     /// <summary>Ends a session: its upstream session (a stdio process) is closed and its calls in flight are failed.</summary>
     public async Task DeleteAsync(HttpContext context)
     {
-        if (HttpGuards.Resolve(context, gateway, out _, out var caller, out var refused) is not { } server)
+        if (HttpGuards.Resolve(context, gateway, out _, out var caller, out var refused) is not { } target)
         {
             await WriteErrorAsync(context, refused.Status, refused.Code, refused.Message).ConfigureAwait(false);
             return;
         }
-        if (await FindSessionAsync(context, server, caller).ConfigureAwait(false) is not { } session)
+        if (await FindSessionAsync(context, target, caller).ConfigureAwait(false) is not { } session)
         {
             return;
         }
@@ -273,7 +282,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
         context.Response.StatusCode = StatusCodes.Status200OK;
     }
 
-    private async Task<McpSession?> FindSessionAsync(HttpContext context, ServerState server, Caller caller)
+    private async Task<AgentSession?> FindSessionAsync(HttpContext context, SessionTarget target, Caller caller)
     {
         var ids = context.Request.Headers[McpProtocol.SessionIdHeader];
         if (ids.Count != 1)
@@ -282,7 +291,7 @@ internal sealed class StreamableHttpEndpoint(Gateway gateway, StatelessEndpoint 
                 "Bad Request: exactly one Mcp-Session-Id header is required").ConfigureAwait(false);
             return null;
         }
-        if (Engine.Find(server.Name, ids[0]!, SessionTransport.StreamableHttp, caller.Identity) is not { } session)
+        if (Engine.Find(target.Name, ids[0]!, SessionTransport.StreamableHttp, caller.Identity) is not { } session)
         {
             await WriteErrorAsync(context, StatusCodes.Status404NotFound, ErrorCodes.ServerError, SessionMessages.UnknownSession).ConfigureAwait(false);
             return null;

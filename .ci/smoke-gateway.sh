@@ -55,6 +55,26 @@ post '{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","arg
 post '{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","arguments":{"message":"third"}}}' | grep -q '"code":-32011'
 echo "gateway smoke test passed: allowed, hidden, denied and rate-limited calls behave through the AOT binary"
 
+# The aggregated endpoint: the same server as everything__*, decided by the same policy, in a session of its own.
+url="http://127.0.0.1:$port/mcp"
+single_session=$session
+session=
+post '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"smoke","version":"1"}}}' | grep -q '"name":"sidecar"' \
+  || { cat "$work/log"; echo "the aggregated endpoint did not initialize" >&2; exit 1; }
+session=$(awk 'tolower($1)=="mcp-session-id:" {print $2}' "$work/headers" | tr -d '\r')
+post '{"jsonrpc":"2.0","method":"notifications/initialized"}' >/dev/null
+tools=$(post '{"jsonrpc":"2.0","id":2,"method":"tools/list"}')
+grep -q '"name":"everything__echo"' <<<"$tools" || { echo "$tools"; echo "everything__echo missing from the aggregated tools/list" >&2; exit 1; }
+if grep -q '"name":"everything__get-env"' <<<"$tools"; then echo "hidden tool listed on the aggregated endpoint" >&2; exit 1; fi
+post '{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"everything__echo","arguments":{"message":"aggregated"}}}' | grep -q 'Echo: aggregated' \
+  || { echo "the aggregated call did not reach the server" >&2; exit 1; }
+post '{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"everything__get-env","arguments":{}}}' | grep -q '"code":-32010' \
+  || { echo "the aggregated endpoint did not deny the hidden tool" >&2; exit 1; }
+curl -s -X DELETE "$url" -H "Mcp-Session-Id: $session" >/dev/null
+url="http://127.0.0.1:$port/servers/everything/mcp"
+session=$single_session
+echo "aggregate smoke test passed: /mcp lists everything__echo, routes it and denies the hidden tool through the AOT binary"
+
 # SIGHUP reloads (a config_reload event) and never ends the process.
 kill -HUP $pid
 for _ in $(seq 1 100); do
@@ -70,12 +90,12 @@ echo "reload smoke test passed: SIGHUP reloaded (config_reload applied) and the 
 kill -TERM $pid
 wait $pid || true
 audit="$work/audit/audit.jsonl"
-[ "$(grep -c '"type":"tool_call"' "$audit")" = 4 ] || { cat "$audit"; echo "expected 4 tool_call audit events" >&2; exit 1; }
+[ "$(grep -c '"type":"tool_call"' "$audit")" = 6 ] || { cat "$audit"; echo "expected 6 tool_call audit events (4 on the server's endpoint, 2 on /mcp)" >&2; exit 1; }
 grep -q '"type":"audit_stop"' "$audit" || { echo "no audit_stop: the trail was not drained on shutdown" >&2; exit 1; }
-grep '"requestId":4' "$audit" | grep -q '"decision":"deny"' || { echo "the denied call is not in the audit trail" >&2; exit 1; }
-grep '"requestId":3' "$audit" | grep -q '"outcome":"ok"' || { echo "the allowed call has no outcome in the audit trail" >&2; exit 1; }
+[ "$(grep '"requestId":4' "$audit" | grep -c '"decision":"deny"')" = 2 ] || { echo "the denied calls are not in the audit trail" >&2; exit 1; }
+[ "$(grep '"requestId":3' "$audit" | grep -c '"outcome":"ok"')" = 2 ] || { echo "the allowed calls have no outcome in the audit trail" >&2; exit 1; }
 "$bin" audit verify --strict "$audit"
-echo "audit smoke test passed: 4 decisions recorded, drained on SIGTERM, chain verified by the AOT binary"
+echo "audit smoke test passed: 6 decisions recorded, drained on SIGTERM, chain verified by the AOT binary"
 
 # sidecar wrap: the same policy over stdin/stdout, stdout only MCP, its own audit trail.
 wrapped=$(printf '%s\n' \

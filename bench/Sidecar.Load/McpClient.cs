@@ -25,11 +25,13 @@ internal sealed class McpClient
 
     private readonly HttpClient _http;
     private readonly Uri _url;
+    private readonly string _tool;
     private long _nextId;
 
-    public McpClient(Uri url, int maxConnections, TimeSpan timeout)
+    public McpClient(Uri url, int maxConnections, TimeSpan timeout, string tool = "echo")
     {
         _url = url;
+        _tool = "\"" + System.Text.Json.JsonEncodedText.Encode(tool).ToString() + "\"";
         var handler = new SocketsHttpHandler
         {
             MaxConnectionsPerServer = maxConnections,
@@ -95,13 +97,13 @@ internal sealed class McpClient
         using var res = await _http.SendAsync(req, ct).ConfigureAwait(false);
     }
 
-    /// <summary>One tools/call echo.</summary>
+    /// <summary>One tools/call of the echo tool (<c>--tool</c>: <c>echo</c>, or <c>echo__echo</c> on the aggregated endpoint).</summary>
     public async Task<Outcome> CallEchoAsync(string session, CancellationToken ct)
     {
         long id = Interlocked.Increment(ref _nextId);
         byte[] body = Encoding.UTF8.GetBytes(
             "{\"jsonrpc\":\"2.0\",\"id\":" + id.ToString(System.Globalization.CultureInfo.InvariantCulture)
-            + ",\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"arguments\":{\"message\":\"hello from the load bench\"}}}");
+            + ",\"method\":\"tools/call\",\"params\":{\"name\":" + _tool + ",\"arguments\":{\"message\":\"hello from the load bench\"}}}");
         try
         {
             using var req = NewPost(session.Length > 0 ? session : null, body);

@@ -10,13 +10,14 @@ namespace Sidecar.Load;
 ///
 ///   Sidecar.Load --url http://127.0.0.1:PORT/mcp (--rate R | --concurrency C | --churn | --sse)
 ///                [--sessions S] [--duration SEC] [--warmup SEC] [--max-requests N] [--calls-per-session K]
-///                [--pids PID[,PID…]] [--target NAME] [--scenario NAME]
+///                [--pids PID[,PID…]] [--target NAME] [--scenario NAME] [--tool NAME]
 ///
 /// --rate R        open loop: R calls/s in total, spread round-robin over S sessions; latency is measured from each
 ///                 call's *scheduled* send time, so a stalled server cannot hide its queueing (no coordinated omission).
 /// --concurrency C closed loop: C workers call back to back over S sessions (saturation throughput).
 /// --churn         C workers repeat initialize → K calls → DELETE; reports sessions/s too.
 /// --sse           as --rate, with every session's GET stream held open for the whole run.
+/// --tool          the echo tool's name (default echo; echo__echo through the aggregated endpoint /mcp).
 /// --pids          processes whose CPU (utime+stime, their whole process tree) and peak RSS are sampled over the
 ///                 measured window.
 /// Hard caps: the run ends after warmup+duration seconds or max-requests calls, whichever comes first; calls
@@ -45,6 +46,7 @@ internal static partial class Program
         public int CallsPerSession = 10;
         public List<int> Pids = [];
         public string Target = "";
+        public string Tool = "echo";
         public string Scenario = "";
     }
 
@@ -117,7 +119,7 @@ internal static partial class Program
             return 2;
         }
 
-        var client = new McpClient(o.Url, maxConnections: 4096, timeout: TimeSpan.FromSeconds(10));
+        var client = new McpClient(o.Url, maxConnections: 4096, timeout: TimeSpan.FromSeconds(10), tool: o.Tool);
         var stats = new Stats();
         using var hard = new CancellationTokenSource(TimeSpan.FromSeconds(o.Warmup + o.Duration + 30)); // absolute wall-clock cap
 
@@ -447,6 +449,7 @@ internal static partial class Program
                 case "--calls-per-session": o.CallsPerSession = (int)Num(); break;
                 case "--pids": o.Pids = [.. Next().Split(',', StringSplitOptions.RemoveEmptyEntries).Select(p => int.Parse(p, CultureInfo.InvariantCulture))]; break;
                 case "--target": o.Target = Next(); break;
+                case "--tool": o.Tool = Next(); break;
                 case "--scenario": o.Scenario = Next(); break;
                 default: throw new ArgumentException($"unknown option {a}");
             }

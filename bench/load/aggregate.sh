@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The aggregated endpoint's overhead against a per-server endpoint, side by side in one run (issue #13): one Sidecar
+# (bench/load/config/sidecar-aggregate.json) in front of the HTTP echo and the stdio echo, driven alternately through
+# /servers/NAME/mcp (tool "echo") and /mcp (tool "NAME__echo"), same load, same process, same audit trail.
+#
+#   bench/load/aggregate.sh            (needs what run.sh builds: out/linux-x64/sidecar and the load generator)
+#
+# Knobs: ROUNDS (3), DURATION (5 s), WARMUP (2 s), MAX_REQUESTS (500000). Results: results/aggregate.jsonl and a
+# table on stdout. Loopback only; every run is capped in time and requests.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+ROUNDS="${ROUNDS:-3}"; DURATION="${DURATION:-5}"; WARMUP="${WARMUP:-2}"; MAX_REQUESTS="${MAX_REQUESTS:-500000}"
+SIDECAR="$ROOT/out/linux-x64/sidecar"
+LOAD="$ROOT/bench/Sidecar.Load/bin/Release/net10.0/Sidecar.Load"
+PRELOAD="$ROOT/tests/fixtures/mcp-servers/loopback.cjs"
+RESULTS="$HERE/results"; OUT="$RESULTS/aggregate.jsonl"
+mkdir -p "$RESULTS"; : > "$OUT"; rm -rf "$RESULTS/audit-aggregate"
+[[ -x "$SIDECAR" && -x "$LOAD" ]] || { echo "build first: bench/load/run.sh (or dotnet publish src/Sidecar -c Release -r linux-x64 -o out/linux-x64; dotnet build bench/Sidecar.Load/Sidecar.Load.csproj -c Release)" >&2; exit 1; }
+
+PIDS=()
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+wait_port() { for _ in $(seq 1 500); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.02; done; echo "nothing on 127.0.0.1:$1" >&2; return 1; }
+NODE_OPTIONS="--require $PRELOAD" node "$HERE/echo-server/http.cjs" 9110 > "$RESULTS/aggregate-echo.log" 2>&1 & PIDS+=("$!")
+wait_port 9110
+NODE_OPTIONS="--require $PRELOAD" "$SIDECAR" run --config "$HERE/config/sidecar-aggregate.json" > "$RESULTS/aggregate-sidecar.log" 2>&1 & SIDECAR_PID=$!; PIDS+=("$SIDECAR_PID")
+wait_port 9111
+
+run() { # target scenario url tool mode-args...
+  local target=$1 scenario=$2 url=$3 tool=$4; shift 4
+  "$LOAD" --url "$url" --tool "$tool" "$@" --duration "$DURATION" --warmup "$WARMUP" --max-requests "$MAX_REQUESTS" \
+    --pids "$SIDECAR_PID" --target "$target" --scenario "$scenario" >> "$OUT"
+}
+for round in $(seq 1 "$ROUNDS"); do
+  for upstream in echo stdio; do
+    # Saturation over 4 sessions (closed loop, 32 in flight), then a moderate open-loop rate for latency.
+    run "per-server-$upstream" sat-c32-s4 "http://127.0.0.1:9111/servers/$upstream/mcp" echo --concurrency 32 --sessions 4
+    run "aggregated-$upstream" sat-c32-s4 "http://127.0.0.1:9111/mcp" "${upstream}__echo" --concurrency 32 --sessions 4
+    run "per-server-$upstream" r1000-s4 "http://127.0.0.1:9111/servers/$upstream/mcp" echo --rate 1000 --sessions 4
+    run "aggregated-$upstream" r1000-s4 "http://127.0.0.1:9111/mcp" "${upstream}__echo" --rate 1000 --sessions 4
+  done
+  echo "round $round/$ROUNDS done" >&2
+done
+kill -TERM "$SIDECAR_PID"; wait "$SIDECAR_PID" || true
+"$SIDECAR" audit verify --strict "$RESULTS/audit-aggregate" >&2
+
+node - "$OUT" <<'JS'
+const fs = require('fs');
+const rows = fs.readFileSync(process.argv[2], 'utf8').trim().split('\n').map(JSON.parse);
+const groups = new Map();
+for (const r of rows) {
+  const key = `${r.scenario}|${r.target}`;
+  if (!groups.has(key)) groups.set(key, []);
+  groups.get(key).push(r);
+}
+const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]; };
+console.log('| scenario | target | calls/s (median) | p50 ms | p99 ms | gateway CPU µs/call | errors |');
+console.log('|---|---|---|---|---|---|---|');
+for (const [key, rs] of [...groups].sort()) {
+  const [scenario, target] = key.split('|');
+  const get = (f) => median(rs.map(f));
+  const errors = rs.reduce((a, r) => a + r.rateLimited + r.rpcErrors + r.httpErrors + r.failed + r.shed, 0);
+  console.log(`| ${scenario} | ${target} | ${Math.round(get((r) => r.callsPerSec))} | ${get((r) => r.p50Ms).toFixed(3)} | ${get((r) => r.p99Ms).toFixed(3)} | ${get((r) => r.cpuUsPerCall).toFixed(1)} | ${errors} |`);
+}
+JS

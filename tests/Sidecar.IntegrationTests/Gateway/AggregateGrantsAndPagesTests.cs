@@ -145,6 +145,42 @@ public sealed class AggregateGrantsAndPagesTests
     }
 
     [Fact]
+    public async Task A_servers_list_changed_reaches_the_agent()
+    {
+        var config = JsonSerializer.Serialize(new Dictionary<string, object>
+        {
+            ["mcpServers"] = new Dictionary<string, object> { ["a"] = Stdio(Paged, "2", "2"), ["echo"] = Stdio(Echo) },
+            ["policy"] = "all.json",
+        });
+        await using var sidecar = await SidecarHost.StartAsync(config, new Dictionary<string, string> { ["all.json"] = AllowAll });
+        var changed = 0;
+        var options = new McpClientOptions
+        {
+            Handlers = new McpClientHandlers
+            {
+                NotificationHandlers = [new(NotificationMethods.ToolListChangedNotification, (_, _) =>
+                {
+                    Interlocked.Increment(ref changed);
+                    return ValueTask.CompletedTask;
+                })],
+            },
+        };
+        await using var client = await ConnectAsync(sidecar, options: options);
+        Assert.Equal(3, (await client.ListToolsAsync(cancellationToken: Timeout())).Count);
+        await Task.Delay(300);
+        Assert.Equal(0, Volatile.Read(ref changed)); // nothing changed yet: opening the session announces nothing
+
+        var result = await client.CallToolAsync("a__tool-2", new Dictionary<string, object?> { ["message"] = "m", ["notify"] = true }, cancellationToken: Timeout());
+        Assert.Equal("tool-2: m", ((TextContentBlock)result.Content[0]).Text);
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (Volatile.Read(ref changed) == 0 && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(50);
+        }
+        Assert.Equal(1, Volatile.Read(ref changed));
+    }
+
+    [Fact]
     public async Task A_server_added_by_a_reload_joins_open_sessions()
     {
         var config = JsonSerializer.Serialize(new Dictionary<string, object>

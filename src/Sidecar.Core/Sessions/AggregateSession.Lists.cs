@@ -107,25 +107,37 @@ internal sealed partial class AggregateSession
         return text?.ToString();
     }
 
-    private static string? RequestedVersion(byte[] initializeParams)
+    private static string? RequestedVersion(byte[] initializeParams) => StringMember(initializeParams, "protocolVersion"u8);
+
+    /// <summary>Positions <paramref name="reader"/> (before a JSON object) on the value of the object's member <paramref name="name"/>; false when it has none.</summary>
+    private static bool SeekMember(ref Utf8JsonReader reader, ReadOnlySpan<byte> name)
     {
-        if (initializeParams.Length == 0)
+        if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
         {
-            return null;
+            return false;
         }
-        var reader = new Utf8JsonReader(initializeParams);
-        reader.Read();
         while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
         {
-            var isVersion = reader.ValueTextEquals("protocolVersion"u8);
+            var found = reader.ValueTextEquals(name);
             reader.Read();
-            if (isVersion)
+            if (found)
             {
-                return reader.TokenType == JsonTokenType.String ? reader.GetString() : null;
+                return true;
             }
             reader.Skip();
         }
-        return null;
+        return false;
+    }
+
+    /// <summary>The string member <paramref name="name"/> of the JSON object <paramref name="json"/>; null when absent or not a string.</summary>
+    private static string? StringMember(ReadOnlySpan<byte> json, ReadOnlySpan<byte> name)
+    {
+        if (json.IsEmpty)
+        {
+            return null;
+        }
+        var reader = new Utf8JsonReader(json);
+        return SeekMember(ref reader, name) && reader.TokenType == JsonTokenType.String ? reader.GetString() : null;
     }
 
     /// <summary>Why an answer is a failure (its error message), or null for a result.</summary>
@@ -306,22 +318,7 @@ internal sealed partial class AggregateSession
         }
     }
 
-    private static string? CursorOf(byte[] parameters)
-    {
-        var reader = new Utf8JsonReader(parameters);
-        reader.Read();
-        while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
-        {
-            var isCursor = reader.ValueTextEquals("cursor"u8);
-            reader.Read();
-            if (isCursor)
-            {
-                return reader.TokenType == JsonTokenType.String ? reader.GetString() : null;
-            }
-            reader.Skip();
-        }
-        return null;
-    }
+    private static string? CursorOf(byte[] parameters) => StringMember(parameters, "cursor"u8);
 
     private static string? NextCursorOf(ReadOnlyMemory<byte> payload)
     {

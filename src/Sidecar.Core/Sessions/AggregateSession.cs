@@ -80,20 +80,6 @@ internal sealed partial class AggregateSession : AgentSession
         }
     }
 
-    /// <summary>The servers in the session now, and whether each is up (for tests and the admin view).</summary>
-    internal IReadOnlyDictionary<string, bool> Members
-    {
-        get
-        {
-            var result = new Dictionary<string, bool>(StringComparer.Ordinal);
-            foreach (var (name, member) in _members)
-            {
-                result[name] = member.IsUp;
-            }
-            return result;
-        }
-    }
-
     private SessionLog Log => _engine.Log;
 
     internal override async ValueTask<bool> ProcessAsync(GatewaySnapshot snapshot, Caller caller, ReadOnlySequence<byte> message, JsonRpcScan scan,
@@ -327,33 +313,26 @@ internal sealed partial class AggregateSession : AgentSession
         var reader = new Utf8JsonReader(bytes);
         string? type = null, value = null;
         var range = default(TokenRange);
-        reader.Read();
+        if (!SeekMember(ref reader, "ref"u8) || reader.TokenType != JsonTokenType.StartObject)
+        {
+            return default;
+        }
         while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
         {
-            var isRef = reader.ValueTextEquals("ref"u8);
+            var key = reader.GetString();
             reader.Read();
-            if (!isRef || reader.TokenType != JsonTokenType.StartObject)
+            if (reader.TokenType == JsonTokenType.String && key is "type")
+            {
+                type = reader.GetString();
+            }
+            else if (reader.TokenType == JsonTokenType.String && key is "name" or "uri")
+            {
+                value = reader.GetString();
+                range = new TokenRange(scan.Params.Start + (int)reader.TokenStartIndex, (int)(reader.BytesConsumed - reader.TokenStartIndex));
+            }
+            else
             {
                 reader.Skip();
-                continue;
-            }
-            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
-            {
-                var key = reader.GetString();
-                reader.Read();
-                if (reader.TokenType == JsonTokenType.String && key is "type")
-                {
-                    type = reader.GetString();
-                }
-                else if (reader.TokenType == JsonTokenType.String && key is "name" or "uri")
-                {
-                    value = reader.GetString();
-                    range = new TokenRange(scan.Params.Start + (int)reader.TokenStartIndex, (int)(reader.BytesConsumed - reader.TokenStartIndex));
-                }
-                else
-                {
-                    reader.Skip();
-                }
             }
         }
         return (type, value, range);
@@ -398,21 +377,15 @@ internal sealed partial class AggregateSession : AgentSession
         {
             return null;
         }
-        var reader = new Utf8JsonReader(message.Slice(scan.Params.Start, scan.Params.Length));
-        reader.Read();
-        while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+        var parameters = message.Slice(scan.Params.Start, scan.Params.Length);
+        var reader = new Utf8JsonReader(parameters);
+        if (!SeekMember(ref reader, "requestId"u8))
         {
-            var isId = reader.ValueTextEquals("requestId"u8);
-            reader.Read();
-            if (isId)
-            {
-                var start = (int)reader.TokenStartIndex;
-                var token = message.Slice(scan.Params.Start + start, (int)reader.BytesConsumed - start).ToArray();
-                return RpcId.TryCreate(token, out var key) ? key : null;
-            }
-            reader.Skip();
+            return null;
         }
-        return null;
+        var start = (int)reader.TokenStartIndex;
+        var token = parameters.Slice(start, (int)reader.BytesConsumed - start).ToArray();
+        return RpcId.TryCreate(token, out var key) ? key : null;
     }
 
     /// <summary>The agent answers a server-to-client request: its id goes back to the server's own, and the answer to that server.</summary>

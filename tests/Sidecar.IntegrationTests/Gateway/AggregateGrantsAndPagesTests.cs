@@ -1,4 +1,5 @@
 using System.Net;
+using System.Runtime.CompilerServices;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
@@ -47,6 +48,19 @@ public sealed class AggregateGrantsAndPagesTests
         options.ClientInfo ??= new Implementation { Name = "sidecar-integration-tests", Version = "1.0" };
         return await McpClient.CreateAsync(new HttpClientTransport(transportOptions, NullLoggerFactory.Instance), options, NullLoggerFactory.Instance, Timeout());
     }
+
+    /// <summary>Client options that count the <c>notifications/tools/list_changed</c> the client gets in <paramref name="count"/>.</summary>
+    internal static McpClientOptions CountingListChanged(StrongBox<int> count) => new()
+    {
+        Handlers = new McpClientHandlers
+        {
+            NotificationHandlers = [new(NotificationMethods.ToolListChangedNotification, (_, _) =>
+            {
+                Interlocked.Increment(ref count.Value);
+                return ValueTask.CompletedTask;
+            })],
+        },
+    };
 
     [Fact]
     public async Task Each_identity_sees_and_calls_what_its_grant_allows_on_every_server()
@@ -153,31 +167,20 @@ public sealed class AggregateGrantsAndPagesTests
             ["policy"] = "all.json",
         });
         await using var sidecar = await SidecarHost.StartAsync(config, new Dictionary<string, string> { ["all.json"] = AllowAll });
-        var changed = 0;
-        var options = new McpClientOptions
-        {
-            Handlers = new McpClientHandlers
-            {
-                NotificationHandlers = [new(NotificationMethods.ToolListChangedNotification, (_, _) =>
-                {
-                    Interlocked.Increment(ref changed);
-                    return ValueTask.CompletedTask;
-                })],
-            },
-        };
-        await using var client = await ConnectAsync(sidecar, options: options);
+        var changed = new StrongBox<int>();
+        await using var client = await ConnectAsync(sidecar, options: CountingListChanged(changed));
         Assert.Equal(3, (await client.ListToolsAsync(cancellationToken: Timeout())).Count);
         await Task.Delay(300);
-        Assert.Equal(0, Volatile.Read(ref changed)); // nothing changed yet: opening the session announces nothing
+        Assert.Equal(0, Volatile.Read(ref changed.Value)); // nothing changed yet: opening the session announces nothing
 
         var result = await client.CallToolAsync("a__tool-2", new Dictionary<string, object?> { ["message"] = "m", ["notify"] = true }, cancellationToken: Timeout());
         Assert.Equal("tool-2: m", ((TextContentBlock)result.Content[0]).Text);
         var deadline = DateTime.UtcNow.AddSeconds(10);
-        while (Volatile.Read(ref changed) == 0 && DateTime.UtcNow < deadline)
+        while (Volatile.Read(ref changed.Value) == 0 && DateTime.UtcNow < deadline)
         {
             await Task.Delay(50);
         }
-        Assert.Equal(1, Volatile.Read(ref changed));
+        Assert.Equal(1, Volatile.Read(ref changed.Value));
     }
 
     [Fact]
@@ -189,19 +192,8 @@ public sealed class AggregateGrantsAndPagesTests
             ["policy"] = "all.json",
         });
         await using var sidecar = await SidecarHost.StartAsync(config, new Dictionary<string, string> { ["all.json"] = AllowAll });
-        var changed = 0;
-        var options = new McpClientOptions
-        {
-            Handlers = new McpClientHandlers
-            {
-                NotificationHandlers = [new(NotificationMethods.ToolListChangedNotification, (_, _) =>
-                {
-                    Interlocked.Increment(ref changed);
-                    return ValueTask.CompletedTask;
-                })],
-            },
-        };
-        await using var client = await ConnectAsync(sidecar, options: options);
+        var changed = new StrongBox<int>();
+        await using var client = await ConnectAsync(sidecar, options: CountingListChanged(changed));
         Assert.Equal(["a__tool-1"], (await client.ListToolsAsync(cancellationToken: Timeout())).Select(t => t.Name));
 
         var json = JsonNode.Parse(await File.ReadAllTextAsync(sidecar.ConfigFile))!.AsObject();
@@ -217,7 +209,7 @@ public sealed class AggregateGrantsAndPagesTests
         }
         while (!tools.Contains("echo__echo") && DateTime.UtcNow < deadline && await Delay());
         Assert.Contains("echo__echo", tools);
-        Assert.True(Volatile.Read(ref changed) >= 1);
+        Assert.True(Volatile.Read(ref changed.Value) >= 1);
         Assert.Equal("joined", ((TextContentBlock)(await client.CallToolAsync("echo__echo",
             new Dictionary<string, object?> { ["message"] = "joined" }, cancellationToken: Timeout())).Content[0]).Text);
 

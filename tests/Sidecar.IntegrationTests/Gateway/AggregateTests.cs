@@ -235,6 +235,9 @@ public sealed class AggregateTests(AggregateTests.Fixture fixture) : IClassFixtu
         Assert.All(prompts, name => Assert.StartsWith("everything__", name, StringComparison.Ordinal)); // the echo server has none
         var prompt = await client.GetPromptAsync("everything__simple-prompt", cancellationToken: Timeout());
         Assert.NotEmpty(prompt.Messages);
+        // completion/complete follows its prompt's prefix (the server gets the bare name).
+        var completion = await client.CompleteAsync(new PromptReference { Name = "everything__completable-prompt" }, "department", "E", cancellationToken: Timeout());
+        Assert.Equal(["Engineering"], completion.Completion.Values);
 
         var resources = await client.ListResourcesAsync(cancellationToken: Timeout());
         Assert.NotEmpty(resources);
@@ -260,19 +263,8 @@ public sealed class AggregateTests(AggregateTests.Fixture fixture) : IClassFixtu
         var marker = "sidecar-aggregate-kill-" + Guid.NewGuid().ToString("N");
         var block = Path.Combine(Path.GetTempPath(), marker + ".block");
         await using var sidecar = await Fixture.StartAsync(marker, blockFile: block);
-        var changes = 0;
-        var options = new McpClientOptions
-        {
-            Handlers = new McpClientHandlers
-            {
-                NotificationHandlers = [new(NotificationMethods.ToolListChangedNotification, (notification, cancellationToken) =>
-                {
-                    Interlocked.Increment(ref changes);
-                    return ValueTask.CompletedTask;
-                })],
-            },
-        };
-        await using var client = await ConnectAsync(sidecar, HttpTransportMode.StreamableHttp, options);
+        var changes = new System.Runtime.CompilerServices.StrongBox<int>();
+        await using var client = await ConnectAsync(sidecar, HttpTransportMode.StreamableHttp, AggregateGrantsAndPagesTests.CountingListChanged(changes));
         Assert.Contains("echo__echo", await ToolNames(client));
         Assert.Equal("before", Text(await client.CallToolAsync("echo__echo", Args(("message", "before")), cancellationToken: Timeout())));
 
@@ -284,7 +276,7 @@ public sealed class AggregateTests(AggregateTests.Fixture fixture) : IClassFixtu
 
             // Withdrawn (with list_changed), while everything keeps serving.
             Assert.True(await Eventually(async () => !(await ToolNames(client)).Contains("echo__echo")), "the killed server's tools stayed in the list");
-            Assert.True(await Eventually(() => Task.FromResult(Volatile.Read(ref changes) >= 1)), "no tools/list_changed when the server went down");
+            Assert.True(await Eventually(() => Task.FromResult(Volatile.Read(ref changes.Value) >= 1)), "no tools/list_changed when the server went down");
             Assert.Contains("everything__echo", await ToolNames(client));
             Assert.Equal("Echo: still here", Text(await client.CallToolAsync("everything__echo", Args(("message", "still here")), cancellationToken: Timeout())));
             var refused = await Assert.ThrowsAsync<McpProtocolException>(() => client.CallToolAsync("echo__echo", Args(("message", "while down")), cancellationToken: Timeout()).AsTask());
@@ -299,7 +291,7 @@ public sealed class AggregateTests(AggregateTests.Fixture fixture) : IClassFixtu
         // Respawned in the background: its tools come back, and so does calling them.
         Assert.True(await Eventually(async () => (await ToolNames(client)).Contains("echo__echo")), "the server's tools did not come back");
         Assert.Equal("after", Text(await client.CallToolAsync("echo__echo", Args(("message", "after")), cancellationToken: Timeout())));
-        Assert.True(await Eventually(() => Task.FromResult(Volatile.Read(ref changes) >= 2)), $"{changes} tools/list_changed notifications");
+        Assert.True(await Eventually(() => Task.FromResult(Volatile.Read(ref changes.Value) >= 2)), $"{changes.Value} tools/list_changed notifications");
         Assert.Contains("is down", sidecar.Log.ToString(), StringComparison.Ordinal);
     }
 

@@ -153,6 +153,35 @@ public sealed class SharedServerTests : IDisposable
         }
     }
 
+    /// <summary>Two agents with a call of the same id in flight: the one that cancels cancels its own call upstream.</summary>
+    [Fact]
+    public async Task An_agents_cancellation_reaches_the_process_for_its_own_call()
+    {
+        await using var host = await StartFaultyAsync();
+        var url = host.McpUrl(FaultyServer.Name);
+        var first = await RawMcp.OpenSessionAsync(_http, url);
+        var second = await RawMcp.OpenSessionAsync(_http, url);
+        var hangs = new List<Task<HttpResponseMessage>> { RawMcp.PostAsync(_http, url, RawMcp.CallBody("\"h\"", "hang"), first) };
+        await _faulty.WaitForAsync(m => FaultyServer.IsCallOf(m, "hang"), "the first session's hang call");
+        hangs.Add(RawMcp.PostAsync(_http, url, RawMcp.CallBody("\"h\"", "hang"), second));
+        await _faulty.WaitForAsync(_ => _faulty.CallsOf("hang").Count == 2, "the second session's hang call");
+        var upstreamIds = _faulty.CallsOf("hang").Select(m => m.GetProperty("id").GetRawText()).ToList();
+
+        using (var cancel = await RawMcp.PostAsync(_http, url, """{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"h","reason":"changed my mind"}}""", second))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, cancel.StatusCode);
+        }
+
+        var cancelled = await _faulty.WaitForAsync(m => FaultyServer.Method(m) == "notifications/cancelled", "the cancellation");
+        Assert.Equal(upstreamIds[1], cancelled.GetProperty("params").GetProperty("requestId").GetRawText());
+        Assert.NotEqual(upstreamIds[0], upstreamIds[1]);
+        await host.StopAsync(); // ends the calls still held
+        foreach (var hang in hangs)
+        {
+            (await hang).Dispose();
+        }
+    }
+
     [Fact]
     public async Task Killing_the_shared_process_fails_only_the_calls_in_flight_and_every_session_goes_on_with_a_new_one()
     {

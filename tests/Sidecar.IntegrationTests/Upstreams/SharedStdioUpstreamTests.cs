@@ -106,6 +106,30 @@ public sealed class SharedStdioUpstreamTests : UpstreamConversationTests, IDispo
     }
 
     [Fact]
+    public async Task A_lanes_cancellation_names_the_upstream_id_of_its_own_call_not_another_lanes_with_the_same_id()
+    {
+        using var connector = Faulty();
+        await using var a = await LaneAsync(connector);
+        await using var b = await LaneAsync(connector);
+        await a.InitializeAsync();
+        const string Hang = """{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"hang","arguments":{}}}""";
+        _ = a.RequestRawAsync("5", Hang, TimeSpan.FromSeconds(60));
+        var first = await _faulty.WaitForAsync(m => FaultyServer.IsCallOf(m, "hang"), "lane a's hang call");
+        _ = b.RequestRawAsync("5", Hang, TimeSpan.FromSeconds(60));
+        await _faulty.WaitForAsync(_ => _faulty.CallsOf("hang").Count == 2, "lane b's hang call");
+        var second = _faulty.CallsOf("hang")[1];
+        Assert.NotEqual(first.GetProperty("id").GetRawText(), second.GetProperty("id").GetRawText());
+
+        await b.NotifyAsync("notifications/cancelled", """{"requestId":5,"reason":"the agent gave up"}""");
+        await b.NotifyAsync("notifications/cancelled", """{"requestId":6,"reason":"not in flight: never sent"}""");
+        await b.RequestAsync("ping"); // after the cancellations on the same stdin
+
+        var cancelled = Assert.Single(ReceivedWith("notifications/cancelled"));
+        Assert.Equal(second.GetProperty("id").GetRawText(), cancelled.GetProperty("params").GetProperty("requestId").GetRawText());
+        Assert.Equal("the agent gave up", cancelled.GetProperty("params").GetProperty("reason").GetString());
+    }
+
+    [Fact]
     public async Task A_server_request_goes_to_the_only_lane_with_a_call_in_flight_and_its_answer_goes_back()
     {
         using var connector = Faulty();

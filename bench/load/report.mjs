@@ -25,12 +25,13 @@ const SCENARIOS = {
   'churn-c8': 'session churn: 8 workers × (initialize → 10 calls → DELETE)',
   'sse-r500-s16': '500 calls/s over 16 sessions, each holding its GET SSE stream open',
 };
-const TARGETS = ['direct', 'sidecar-http', 'sidecar-stdio', 'sidecar-trip', 'sidecar-spin', 'sidecar-drop', 'sidecar-durable', 'mcp-proxy', 'supergateway'];
+const TARGETS = ['direct', 'sidecar-http', 'sidecar-stdio', 'sidecar-share', 'sidecar-trip', 'sidecar-spin', 'sidecar-drop', 'sidecar-durable', 'mcp-proxy', 'supergateway'];
 const SIDECARS = TARGETS.filter((t) => t.startsWith('sidecar-'));
 const TARGET_TEXT = {
   direct: 'echo server over Streamable HTTP, no proxy',
   'sidecar-http': 'Sidecar (50-rule policy, limits never trip, audit trail to a JSONL file) → HTTP echo',
   'sidecar-stdio': 'Sidecar (same policy, same audit) → stdio echo, one process per session',
+  'sidecar-share': 'Sidecar (same policy, same audit) → stdio echo with "share": true, one process for all sessions (ids mapped per session)',
   'sidecar-trip': 'Sidecar (same policy, echo limited to 50 calls/s per session) → HTTP echo',
   'sidecar-spin': 'diagnostic: sidecar-http with DOTNET_ThreadPool_UnfairSemaphoreSpinLimit=70, the runtime default (Sidecar ships with 0: idle thread-pool workers sleep instead of spinning)',
   'sidecar-drop': 'sidecar-http with audit.onFull "drop" (the old behaviour): a call whose audit record cannot be queued is forwarded anyway and the lost record is counted in an audit_gap event; the default ("shed") refuses it with -32015 audit_backlog',
@@ -121,6 +122,11 @@ for (const sc of ['sat-c1', 'sat-c64']) {
     const x = sc1 / best;
     const shed = sum(agg[`${sc}|sidecar-stdio`] || [], 'shed');
     out.push(`- ${sc}, saturation on the same stdio upstream: Sidecar ${int(sc1)} calls/s vs the faster npm proxy ${int(best)} calls/s = **${f(x, 1)}×** → **${x >= 3 ? 'meets' : 'misses'}** "at least 3×"${shed > 0 ? ` — **Sidecar shed ${int(shed)} more calls** (-32015 audit_backlog, not counted in its calls/s)` : ''}.`);
+  }
+  const share = M(agg[`${sc}|sidecar-share`] || [], 'callsPerSec');
+  if (Number.isFinite(share) && best > 0) {
+    const x = share / best;
+    out.push(`- ${sc}, one shared stdio process (sidecar-share, as mcp-proxy runs it): Sidecar ${int(share)} calls/s vs the faster npm proxy ${int(best)} calls/s = **${f(x, 1)}×**${Number.isFinite(mp) && mp > 0 ? ` (${f(share / mp, 1)}× mcp-proxy)` : ''}.`);
   }
 }
 out.push('');

@@ -89,6 +89,8 @@ rm -rf "$RESULTS/audit" # each Sidecar target writes its audit trail here (confi
 start echo-http    9100 node "$HERE/echo-server/http.cjs" 9100
 start sidecar-http  9101 "$SIDECAR" run --config "$HERE/config/sidecar-http.json"
 start sidecar-stdio 9102 "$SIDECAR" run --config "$HERE/config/sidecar-stdio.json"
+# The same with "share": true: one echo process for all sessions (request ids mapped per session), as mcp-proxy does.
+start sidecar-share 9109 "$SIDECAR" run --config "$HERE/config/sidecar-share.json"
 # Diagnostic: the same Sidecar with the .NET thread pool's spin-before-sleep back at the runtime's default (70).
 # Sidecar ships with it off (0: idle workers sleep at once); this shows what spinning costs and buys.
 DOTNET_ThreadPool_UnfairSemaphoreSpinLimit=70 start sidecar-spin 9106 "$SIDECAR" run --config "$HERE/config/sidecar-spin.json"
@@ -105,7 +107,7 @@ start supergateway  9105 node "$HERE/node_modules/supergateway/dist/index.js" --
 
 # Every listener of the bench must be on loopback.
 if command -v ss > /dev/null; then
-  ss -ltnpH '( sport >= :9100 and sport <= :9108 )' > "$RESULTS/listeners.txt" || true
+  ss -ltnpH '( sport >= :9100 and sport <= :9109 )' > "$RESULTS/listeners.txt" || true
   if awk '{print $4}' "$RESULTS/listeners.txt" | grep -v -E '^(127\.0\.0\.1|\[::1\]):' > /dev/null; then
     log "a target listens beyond loopback:"; cat "$RESULTS/listeners.txt" >&2; exit 1
   fi
@@ -117,6 +119,7 @@ declare -A URL=(
   [direct]=http://127.0.0.1:9100/mcp
   [sidecar-http]=http://127.0.0.1:9101/servers/echo/mcp
   [sidecar-stdio]=http://127.0.0.1:9102/servers/echo/mcp
+  [sidecar-share]=http://127.0.0.1:9109/servers/echo/mcp
   [sidecar-trip]=http://127.0.0.1:9103/servers/echo/mcp
   [sidecar-spin]=http://127.0.0.1:9106/servers/echo/mcp
   [sidecar-drop]=http://127.0.0.1:9107/servers/echo/mcp
@@ -128,6 +131,7 @@ declare -A CPU_PIDS=(
   [direct]=${PID_echo_http:-}
   [sidecar-http]=${PID_sidecar_http:-},${PID_echo_http}
   [sidecar-stdio]=${PID_sidecar_stdio:-}
+  [sidecar-share]=${PID_sidecar_share:-}
   [sidecar-trip]=${PID_sidecar_trip:-},${PID_echo_http}
   [sidecar-spin]=${PID_sidecar_spin:-},${PID_echo_http}
   [sidecar-drop]=${PID_sidecar_drop:-},${PID_echo_http}
@@ -149,14 +153,15 @@ SCENARIOS="${SCENARIOS:-r500-s1 r2000-s64 sat-c1 sat-c64 churn-c8 sse-r500-s16}"
 TARGETS="direct sidecar-http sidecar-stdio mcp-proxy supergateway"
 # The variants run only where they tell something: the tripping-limits one at r500-s1 and sat-c64; the spin
 # diagnostic there and at r2000-s64; sidecar-drop where the audit queue can fill (r2000-s64, sat-c64); sidecar-durable
-# there, and at r500-s1 and sat-c1 for what waiting for the write adds to latency at moderate load.
+# there, and at r500-s1 and sat-c1 for what waiting for the write adds to latency at moderate load; sidecar-share at
+# saturation with 1 and 64 sessions, against mcp-proxy (which shares one process too).
 targets_for() {
   local t target
   case "$1" in
     r500-s1)   t="$TARGETS sidecar-trip sidecar-spin sidecar-durable" ;;
     r2000-s64) t="$TARGETS sidecar-spin sidecar-drop sidecar-durable" ;;
-    sat-c1)    t="$TARGETS sidecar-durable" ;;
-    sat-c64)   t="$TARGETS sidecar-trip sidecar-spin sidecar-drop sidecar-durable" ;;
+    sat-c1)    t="$TARGETS sidecar-durable sidecar-share" ;;
+    sat-c64)   t="$TARGETS sidecar-trip sidecar-spin sidecar-drop sidecar-durable sidecar-share" ;;
     *)         t="$TARGETS" ;;
   esac
   for target in $t; do skipped "$target" || printf '%s ' "$target"; done
@@ -212,7 +217,7 @@ log "start-up to ready (50-rule policy and a 1-rule policy)"
 # --strict (exit 1 on any gap, or a trail without audit_stop) for every target that must lose nothing: the default
 # targets shed calls instead of dropping records, and so does sidecar-durable; sidecar-drop is expected to have gaps.
 SIDECAR_TARGETS=()
-for name in sidecar-http sidecar-stdio sidecar-trip sidecar-spin sidecar-drop sidecar-durable; do
+for name in sidecar-http sidecar-stdio sidecar-share sidecar-trip sidecar-spin sidecar-drop sidecar-durable; do
   skipped "$name" || SIDECAR_TARGETS+=("$name")
 done
 # The audit writer's own CPU (its thread is named sidecar-audit-writer, "sidecar-audit-w" in /proc), read before the

@@ -110,10 +110,16 @@ public sealed record GatewayLimits(
     /// <summary>A stdio server's default <see cref="MaxSessionsPerServer"/>: each session is a process of its own.</summary>
     public const int DefaultMaxStdioSessions = 64;
 
+    /// <summary>A shared stdio server's (<c>"share": true</c>) default <see cref="MaxSessionsPerServer"/>: sessions cost no process each.</summary>
+    public const int DefaultMaxSharedStdioSessions = 1024;
+
     /// <summary>An HTTP server's default <see cref="MaxSessionsPerServer"/>.</summary>
     public const int DefaultMaxHttpSessions = 1024;
 
-    /// <summary><c>limits.maxSessionsPerServer</c>; null: <see cref="DefaultMaxStdioSessions"/> or <see cref="DefaultMaxHttpSessions"/> by transport.</summary>
+    /// <summary>
+    /// <c>limits.maxSessionsPerServer</c>; null: <see cref="DefaultMaxStdioSessions"/> for a stdio server,
+    /// <see cref="DefaultMaxSharedStdioSessions"/> for a shared one, <see cref="DefaultMaxHttpSessions"/> otherwise.
+    /// </summary>
     public int? MaxSessionsPerServer { get; init; }
 
     /// <summary>The default <see cref="MaxSessionsPerIdentity"/>.</summary>
@@ -128,9 +134,16 @@ public sealed record GatewayLimits(
     /// </summary>
     public TimeSpan ShutdownGrace { get; init; } = TimeSpan.FromSeconds(10);
 
-    /// <summary>The session cap of one server.</summary>
+    /// <summary>The session cap of one server that is not shared (<see cref="SessionsPerServer(ServerConfig)"/> knows about <c>share</c>).</summary>
     public int SessionsPerServer(UpstreamTransport transport)
         => MaxSessionsPerServer ?? (transport == UpstreamTransport.Stdio ? DefaultMaxStdioSessions : DefaultMaxHttpSessions);
+
+    /// <summary>The session cap of <paramref name="server"/>: a shared stdio server's sessions cost no process each.</summary>
+    public int SessionsPerServer(ServerConfig server)
+    {
+        ArgumentNullException.ThrowIfNull(server);
+        return server.Share ? MaxSessionsPerServer ?? DefaultMaxSharedStdioSessions : SessionsPerServer(server.Transport);
+    }
 }
 
 /// <summary>One upstream MCP server (<c>mcpServers.NAME</c>): a stdio command or a URL.</summary>
@@ -147,16 +160,23 @@ public sealed record ServerConfig(
     IReadOnlyDictionary<string, string> Headers,
     string? PolicyPath)
 {
+    /// <summary>
+    /// <c>"share": true</c> (stdio only): one server process for all sessions of this server instead of one per session,
+    /// request ids mapped per session (<see cref="Upstreams.SharedStdioConnector"/>).
+    /// </summary>
+    public bool Share { get; init; }
+
     public override string ToString() => Transport == UpstreamTransport.Stdio
-        ? $"{Name} (stdio: {Command})"
+        ? $"{Name} (stdio{(Share ? ", shared" : "")}: {Command})"
         : $"{Name} ({(Transport == UpstreamTransport.Sse ? "sse" : "streamable-http")}: {Url!.GetLeftPart(UriPartial.Path)})";
 
     /// <summary>
     /// Whether <paramref name="other"/> reaches the same upstream the same way (command, arguments, environment,
-    /// folder, URL, headers): its connections can be kept across a reload. The policy is not part of it.
+    /// folder, URL, headers, <c>share</c>): its connections can be kept across a reload. The policy is not part of it.
     /// </summary>
     public bool SameUpstream(ServerConfig other) =>
         Name == other.Name && Transport == other.Transport && Command == other.Command && Cwd == other.Cwd && Url == other.Url
+        && Share == other.Share
         && Args.SequenceEqual(other.Args) && SameEntries(Env, other.Env) && SameEntries(Headers, other.Headers);
 
     private static bool SameEntries(IReadOnlyDictionary<string, string> a, IReadOnlyDictionary<string, string> b)

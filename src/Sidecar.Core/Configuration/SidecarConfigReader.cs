@@ -11,7 +11,7 @@ namespace Sidecar.Configuration;
 public static class SidecarConfigReader
 {
     private const string TopFields = "listen, mcpServers, policy, blockedCalls, limits, allowedOrigins, allowedHosts, audit, identities, grants, admin, approvals, logging, aggregate";
-    private const string ServerFields = "command, args, env, cwd, url, transport, headers, policy, type, description";
+    private const string ServerFields = "command, args, env, cwd, share, url, transport, headers, policy, type, description";
 
     public static SidecarConfig LoadFile(string path, Func<string, string?>? environment = null)
     {
@@ -158,6 +158,16 @@ public static class SidecarConfigReader
         var env = members.Take("env") is { } envNode ? ReadStringMap(envNode, environment, diagnostics) : new Dictionary<string, string>();
         var cwdNode = members.Take("cwd");
         var cwd = cwdNode is null ? null : PolicyConfigReader.ReadString(cwdNode, diagnostics);
+        var shareNode = members.Take("share");
+        var share = false;
+        if (shareNode is ConfigScalar { IsBoolean: true } shareValue)
+        {
+            share = shareValue.Kind == ConfigNodeKind.True;
+        }
+        else if (shareNode is not null)
+        {
+            diagnostics.Add(shareNode, $"\"share\" must be true or false, not {shareNode.KindName}");
+        }
         var headersNode = members.Take("headers");
         var headers = headersNode is null ? new Dictionary<string, string>() : ReadStringMap(headersNode, environment, diagnostics);
         var transportNode = members.Take("transport") ?? members.Take("type");
@@ -216,6 +226,10 @@ public static class SidecarConfigReader
             {
                 diagnostics.Add(obj, "\"args\", \"env\" and \"cwd\" apply to \"command\" servers only");
             }
+            if (share)
+            {
+                diagnostics.Add(shareNode!, "\"share\" applies to \"command\" (stdio) servers only: an HTTP server already gives each session an upstream session of its own");
+            }
         }
         else if (commandNode is null && urlNode is null)
         {
@@ -225,7 +239,7 @@ public static class SidecarConfigReader
         return diagnostics.Items.Count > errorsBefore
             ? null
             : new ServerConfig(name, obj.Location, transport, command, args, env,
-                cwd is null ? null : ResolvePath(baseDirectory, cwd), url, headers, policy);
+                cwd is null ? null : ResolvePath(baseDirectory, cwd), url, headers, policy) { Share = share };
     }
 
     /// <summary>A duration from zero (<c>"0s"</c>, which <see cref="PolicyConfigReader.TryReadDuration"/> refuses) to <paramref name="max"/>.</summary>

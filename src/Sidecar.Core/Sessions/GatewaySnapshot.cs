@@ -87,7 +87,7 @@ internal sealed class ServerState(ServerConfig config, PolicyModel policy, Upstr
     /// <summary>Opens upstream sessions; shared with the next snapshot while the server's definition is unchanged.</summary>
     public UpstreamHandle Upstream { get; } = upstream;
 
-    /// <summary><c>limits.maxSessionsPerServer</c> for this server (64 for stdio, 1024 otherwise, unless configured).</summary>
+    /// <summary><c>limits.maxSessionsPerServer</c> for this server (64 for stdio, 1024 for shared stdio and HTTP, unless configured).</summary>
     public int MaxSessions { get; } = maxSessions;
 }
 

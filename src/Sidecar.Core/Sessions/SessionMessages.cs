@@ -67,4 +67,15 @@ internal static class SessionMessages
     public static string SessionsFull(string scope, int max) => $"Service Unavailable: too many sessions ({max} open, {scope}); retry later";
 
     public static string UnknownServer(string? name) => $"Not Found: no server named \"{name}\"";
+
+    /// <summary>
+    /// The error a shared stdio server (<c>"share": true</c>) gets for a server-to-client request that no single
+    /// session can be said to own (this one goes to the server, not to an agent).
+    /// </summary>
+    public static string SharedRequestUnroutable(string server, string method, string why) =>
+        $"Sidecar cannot route this {method} request: the process of server \"{server}\" is shared by all its sessions (\"share\": true) and {why}, so no single agent can be asked";
+
+    /// <summary>The error a shared stdio server gets for a request it sent to a session that then closed.</summary>
+    public static string SharedRequestOrphaned(string server) =>
+        $"The session of server \"{server}\" this request was sent to has closed";
 }

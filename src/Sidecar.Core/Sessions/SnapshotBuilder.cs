@@ -92,7 +92,7 @@ internal static class SnapshotBuilder
             var upstream = old is not null && old.Config.SameUpstream(server) && previous!.Config.Limits == config.Limits
                 ? old.Upstream
                 : new UpstreamHandle(UpstreamConnectors.Create(server, config.Limits, loggers));
-            servers[server.Name] = new ServerState(server, policies[server.Name], upstream, config.Limits.SessionsPerServer(server.Transport),
+            servers[server.Name] = new ServerState(server, policies[server.Name], upstream, config.Limits.SessionsPerServer(server),
                 grantPolicies[server.Name].ToFrozenDictionary(StringComparer.Ordinal));
         }
         return new GatewaySnapshot(config, servers.ToFrozenDictionary(StringComparer.Ordinal), (previous?.Version ?? 0) + 1);

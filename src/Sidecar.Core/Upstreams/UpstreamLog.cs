@@ -62,4 +62,31 @@ internal static partial class UpstreamLog
 
     [LoggerMessage(EventId = 2016, Level = LogLevel.Warning, Message = "{Server}: could not resume the event stream of send {Correlation}: {Reason}")]
     public static partial void ResumeAbandoned(ILogger logger, string server, long correlation, string reason);
+
+    [LoggerMessage(EventId = 2017, Level = LogLevel.Information,
+        Message = "{Server}: shared upstream process {ProcessId} serves every session of this server (share: true)")]
+    public static partial void SharedProcessStarted(ILogger logger, string server, int processId);
+
+    [LoggerMessage(EventId = 2018, Level = LogLevel.Warning,
+        Message = "{Server}: shared upstream process {ProcessId} ended ({Reason}); {Lanes} sessions lose their calls in flight and reconnect on their next message")]
+    public static partial void SharedProcessEnded(ILogger logger, string server, int processId, string reason, int lanes);
+
+    [LoggerMessage(EventId = 2019, Level = LogLevel.Warning,
+        Message = "{Server}: refused the server's {Method} request: {Reason}")]
+    public static partial void ServerRequestUnroutable(ILogger logger, string server, string method, string reason);
+
+    [LoggerMessage(EventId = 2020, Level = LogLevel.Debug,
+        Message = "{Server}: dropped a {Kind} from the shared upstream that belongs to no session (its session is gone, or it was cancelled)")]
+    public static partial void SharedMessageUnrouted(ILogger logger, string server, string kind);
+
+    [LoggerMessage(EventId = 2021, Level = LogLevel.Warning, Message = "{Server}: dropped an unreadable message from the shared upstream: {Error}")]
+    public static partial void SharedMessageInvalid(ILogger logger, string server, string error);
+
+    [LoggerMessage(EventId = 2022, Level = LogLevel.Warning,
+        Message = "{Server}: shared upstream process {ProcessId} did not answer initialize within {TimeoutMs} ms; stopping it")]
+    public static partial void SharedInitializeTimedOut(ILogger logger, string server, int processId, int timeoutMs);
+
+    [LoggerMessage(EventId = 2023, Level = LogLevel.Debug,
+        Message = "{Server}: answered initialize from shared upstream process {ProcessId}'s first initialize")]
+    public static partial void SharedInitializeAnswered(ILogger logger, string server, int processId);
 }

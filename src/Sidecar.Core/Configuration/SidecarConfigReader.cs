@@ -137,7 +137,7 @@ public static class SidecarConfigReader
 
         return diagnostics.Items.Count > errorsBefore
             ? null
-            : new SidecarConfig(file, listen, servers, topPolicy, blocked, limits, origins, hosts, audit) { Identities = identities, Grants = grants, Admin = admin, Approvals = approvals, Logging = logging, Aggregate = aggregate };
+            : new SidecarConfig(file, listen, servers, topPolicy, blocked, limits, origins, hosts, audit) { Identities = identities, Grants = grants, Admin = admin, Approvals = approvals, Logging = logging, Aggregate = aggregate, RateLimits = rateLimits };
     }
 
     private static ServerConfig? ReadServer(string name, ConfigNode node, string baseDirectory, string? topPolicy,

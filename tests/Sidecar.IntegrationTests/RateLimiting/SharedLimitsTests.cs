@@ -217,6 +217,11 @@ public sealed class SharedLimitsTests : IAsyncLifetime
             Assert.Equal(HttpStatusCode.ServiceUnavailable, ready.StatusCode);
             Assert.Contains("UNREACHABLE", await ready.Content.ReadAsStringAsync(), StringComparison.Ordinal);
         }
+        var metrics = await _http.GetStringAsync(new Uri($"http://127.0.0.1:{b}/metrics"));
+        Assert.Contains("sidecar_shared_limits_up 0", metrics, StringComparison.Ordinal);
+        Assert.Matches(@"sidecar_shared_limits_unavailable_total [1-9]", metrics);
+        Assert.Matches(@"sidecar_shared_limits_roundtrip_seconds_count [1-9]", await _http.GetStringAsync(new Uri($"http://127.0.0.1:{a}/metrics"))); // a's call before
+        Assert.Matches(@"sidecar_tool_calls_total\{[^}]*decision=""store_unavailable""[^}]*\} [1-9]", metrics);
 
         await _redis.StartAgainAsync(); // empty (no persistence): the counter starts afresh
         deadline = DateTime.UtcNow.AddSeconds(30);

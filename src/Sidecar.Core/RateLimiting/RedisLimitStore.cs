@@ -31,6 +31,10 @@ public static class RedisConnection
 {
     public static string? Check(string connection)
     {
+        if (string.IsNullOrWhiteSpace(connection))
+        {
+            return "it is empty: it names no host:port";
+        }
         try
         {
             var options = ConfigurationOptions.Parse(connection);

@@ -42,6 +42,9 @@ public sealed record SidecarConfig(
     /// <summary><c>logging</c>: the format and level of the log on stderr.</summary>
     public LoggingConfig Logging { get; init; } = LoggingConfig.Default;
 
+    /// <summary><c>rateLimits</c>: where rate-limit counters live (in memory, or shared in Redis).</summary>
+    public RateLimitsConfig RateLimits { get; init; } = RateLimitsConfig.Default;
+
     /// <summary><c>aggregate</c>: which servers the aggregated endpoint (<c>/mcp</c>) serves, and how their tools are named.</summary>
     public AggregateConfig Aggregate { get; init; } = AggregateConfig.Default;
 }
@@ -201,4 +204,38 @@ public sealed record ServerConfig(
         UpstreamTransport.Sse => "sse",
         _ => "streamable-http",
     };
+}
+
+/// <summary>Where rate-limit counters live.</summary>
+public enum RateLimitStoreKind : byte
+{
+    /// <summary>This process's lock-free buckets (the default).</summary>
+    Memory,
+
+    /// <summary>Counters of scope <c>global</c>, <c>identity</c> and <c>grant</c> in Redis, shared by every replica; <c>session</c> counters stay local.</summary>
+    Redis,
+}
+
+/// <summary>What a call that needs a shared counter gets while Redis is unreachable.</summary>
+public enum SharedFailMode : byte
+{
+    /// <summary>-32018 (the default): no call is admitted without the shared count.</summary>
+    Closed,
+
+    /// <summary>This replica's own buckets decide meanwhile (logged and counted).</summary>
+    Open,
+}
+
+/// <summary><c>rateLimits.redis</c>: the connection (<c>${ENV}</c> expanded, never logged), the key prefix, the fail mode and the round trip's timeout.</summary>
+public sealed record RedisLimitsConfig(string Connection, string Prefix, SharedFailMode FailMode, TimeSpan Timeout)
+{
+    public const string DefaultPrefix = "sidecar:";
+
+    public static readonly TimeSpan DefaultTimeout = TimeSpan.FromMilliseconds(500);
+}
+
+/// <summary><c>rateLimits</c>: <see cref="Store"/> and, for Redis, <see cref="Redis"/>.</summary>
+public sealed record RateLimitsConfig(RateLimitStoreKind Store, RedisLimitsConfig? Redis)
+{
+    public static RateLimitsConfig Default { get; } = new(RateLimitStoreKind.Memory, null);
 }

@@ -124,6 +124,7 @@ public static class SidecarConfigReader
             : ApprovalsConfig.Default;
 
         var logging = members.Take("logging") is { } loggingNode ? ReadLogging(loggingNode, diagnostics) : LoggingConfig.Default;
+        var rateLimits = members.Take("rateLimits") is { } rateLimitsNode ? ReadRateLimits(rateLimitsNode, environment, diagnostics) : RateLimitsConfig.Default;
         var aggregate = members.Take("aggregate") is { } aggregateNode ? ReadAggregate(aggregateNode, servers, diagnostics) : AggregateConfig.Default;
 
         members.ReportUnknown(TopFields);
@@ -136,7 +137,7 @@ public static class SidecarConfigReader
 
         return diagnostics.Items.Count > errorsBefore
             ? null
-            : new SidecarConfig(file, listen, servers, topPolicy, blocked, limits, origins, hosts, audit) { Identities = identities, Grants = grants, Admin = admin, Approvals = approvals, Logging = logging, Aggregate = aggregate };
+            : new SidecarConfig(file, listen, servers, topPolicy, blocked, limits, origins, hosts, audit) { Identities = identities, Grants = grants, Admin = admin, Approvals = approvals, Logging = logging, Aggregate = aggregate, RateLimits = rateLimits };
     }
 
     private static ServerConfig? ReadServer(string name, ConfigNode node, string baseDirectory, string? topPolicy,
@@ -324,6 +325,102 @@ public static class SidecarConfigReader
             }
         }
         return true;
+    }
+
+    private static RateLimitsConfig ReadRateLimits(ConfigNode node, Func<string, string?> environment, DiagnosticBag diagnostics)
+    {
+        if (node is not ConfigObject obj)
+        {
+            diagnostics.Add(node, $"\"rateLimits\" must be an object with \"store\" and \"redis\", not {node.KindName}");
+            return RateLimitsConfig.Default;
+        }
+        var members = new PolicyConfigReader.MemberReader(obj, diagnostics);
+        var store = RateLimitStoreKind.Memory;
+        var storeNode = members.Take("store");
+        switch (storeNode is null ? "memory" : PolicyConfigReader.ReadString(storeNode, diagnostics))
+        {
+            case "memory" or null:
+                break;
+            case "redis":
+                store = RateLimitStoreKind.Redis;
+                break;
+            case var other:
+                diagnostics.Add(storeNode!, $"invalid rateLimits.store \"{other}\"; expected \"memory\" or \"redis\"");
+                break;
+        }
+        var redisNode = members.Take("redis");
+        members.ReportUnknown("store, redis");
+        if (store == RateLimitStoreKind.Memory)
+        {
+            if (redisNode is not null)
+            {
+                diagnostics.Add(redisNode, "rateLimits.redis is set but rateLimits.store is \"memory\": set \"store\": \"redis\" to use it");
+            }
+            return RateLimitsConfig.Default;
+        }
+        if (redisNode is not ConfigObject redisObj)
+        {
+            diagnostics.Add(redisNode ?? node, redisNode is null
+                ? "rateLimits.store \"redis\" needs rateLimits.redis with a \"connection\""
+                : $"rateLimits.redis must be an object, not {redisNode.KindName}");
+            return RateLimitsConfig.Default;
+        }
+        var redis = new PolicyConfigReader.MemberReader(redisObj, diagnostics);
+        string? connection = null;
+        if (redis.Take("connection") is { } connectionNode && PolicyConfigReader.ReadString(connectionNode, diagnostics) is { } text)
+        {
+            connection = Expand(text, connectionNode, environment, diagnostics);
+            if (connection is not null && Sidecar.RateLimiting.RedisConnection.Check(connection) is { } problem)
+            {
+                diagnostics.Add(connectionNode, $"invalid rateLimits.redis.connection: {problem}");
+                connection = null;
+            }
+        }
+        else if (!redisObj.Members.Exists(m => m.Name == "connection"))
+        {
+            diagnostics.Add(redisObj, "rateLimits.redis needs \"connection\" (e.g. \"127.0.0.1:6379,password=${REDIS_PASSWORD}\")");
+        }
+        var prefix = RedisLimitsConfig.DefaultPrefix;
+        if (redis.Take("prefix") is { } prefixNode && PolicyConfigReader.ReadString(prefixNode, diagnostics) is { } prefixText)
+        {
+            if (prefixText.Length > 64 || prefixText.Contains('{') || prefixText.Contains('}'))
+            {
+                diagnostics.Add(prefixNode, "invalid rateLimits.redis.prefix: at most 64 characters, without '{' or '}' (Sidecar puts the hash tag after it)");
+            }
+            else
+            {
+                prefix = prefixText;
+            }
+        }
+        var failMode = SharedFailMode.Closed;
+        if (redis.Take("failMode") is { } failNode)
+        {
+            switch (PolicyConfigReader.ReadString(failNode, diagnostics))
+            {
+                case "closed" or null:
+                    break;
+                case "open":
+                    failMode = SharedFailMode.Open;
+                    break;
+                case var other:
+                    diagnostics.Add(failNode, $"invalid rateLimits.redis.failMode \"{other}\"; expected \"closed\" or \"open\"");
+                    break;
+            }
+        }
+        var timeout = RedisLimitsConfig.DefaultTimeout;
+        if (redis.Take("timeout") is { } timeoutNode)
+        {
+            if (PolicyConfigReader.TryReadDuration(timeoutNode, out var t) && t >= TimeSpan.FromMilliseconds(10) && t <= TimeSpan.FromSeconds(30))
+            {
+                timeout = t;
+            }
+            else
+            {
+                diagnostics.Add(timeoutNode, "invalid rateLimits.redis.timeout: a duration from 10ms to 30s (e.g. \"500ms\")");
+            }
+        }
+        redis.ReportUnknown("connection, prefix, failMode, timeout");
+        return connection is null ? RateLimitsConfig.Default : new RateLimitsConfig(store, new RedisLimitsConfig(connection, prefix, failMode, timeout));
     }
 
     private static LoggingConfig ReadLogging(ConfigNode node, DiagnosticBag diagnostics)

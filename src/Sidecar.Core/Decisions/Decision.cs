@@ -16,6 +16,9 @@ public enum DecisionOutcome : byte
     RequireApproval,
     /// <summary>Arguments fail a <c>require</c> condition, or a limit's <c>increment_from</c> is missing or negative.</summary>
     InvalidArguments,
+
+    /// <summary>A limit's shared counter (Redis) could not be reached and <c>failMode</c> is <c>closed</c> (-32018).</summary>
+    StoreUnavailable,
 }
 
 public static class DecisionOutcomeNames
@@ -27,6 +30,7 @@ public static class DecisionOutcomeNames
         DecisionOutcome.Deny => "deny",
         DecisionOutcome.RateLimited => "rate_limited",
         DecisionOutcome.RequireApproval => "require_approval",
+        DecisionOutcome.StoreUnavailable => "store_unavailable",
         _ => "invalid_arguments",
     };
 }
@@ -37,12 +41,45 @@ public readonly record struct CallContext(string? Identity, string? Grant, strin
     public static CallContext Anonymous => default;
 }
 
-/// <summary>Tokens taken from one bucket for this call, kept so that a call failing upstream can give them back.</summary>
-internal readonly struct Charge(RateBucket bucket, CounterModel counter, long cost)
+/// <summary>
+/// Tokens of one limit for this call, kept so that a call failing upstream can give them back: taken from a local
+/// bucket (<see cref="Bucket"/>), or from a shared counter in Redis (<see cref="SharedKey"/>; before
+/// <see cref="DecisionEngine.SettleSharedAsync"/> only <see cref="Limit"/> is known).
+/// </summary>
+internal readonly struct Charge
 {
-    public RateBucket Bucket { get; } = bucket;
-    public CounterModel Counter { get; } = counter;
-    public long Cost { get; } = cost;
+    public Charge(RateBucket bucket, CounterModel counter, long cost)
+    {
+        Bucket = bucket;
+        Counter = counter;
+        Cost = cost;
+    }
+
+    private Charge(LimitModel limit, long cost, string? sharedKey)
+    {
+        Limit = limit;
+        Counter = limit.Counter;
+        Cost = cost;
+        SharedKey = sharedKey;
+    }
+
+    /// <summary>A shared limit still to be taken (in Redis, by <see cref="DecisionEngine.SettleSharedAsync"/>).</summary>
+    public static Charge Shared(LimitModel limit, long cost) => new(limit, cost, null);
+
+    /// <summary>This shared charge, taken under <paramref name="key"/>.</summary>
+    public Charge Taken(string key) => new(Limit!, Cost, key);
+
+    public RateBucket? Bucket { get; }
+    public CounterModel Counter { get; }
+    public long Cost { get; }
+
+    /// <summary>The limit of a shared charge (its rule id and reasons); null for a local one.</summary>
+    public LimitModel? Limit { get; }
+
+    /// <summary>The Redis key a shared charge was taken under; null while pending, and for a local one.</summary>
+    public string? SharedKey { get; }
+
+    public bool IsShared => Limit is not null;
 }
 
 [InlineArray(PolicyCompiler.MaxLimitsPerCall)]
@@ -87,6 +124,12 @@ public struct Decision
 
     internal ChargeBuffer Charges;
     internal int ChargeCount;
+
+    /// <summary>
+    /// An allowed decision whose shared limits (Redis) are still to be taken: the caller awaits
+    /// <see cref="DecisionEngine.SettleSharedAsync"/> before acting on it. Never set with the memory store.
+    /// </summary>
+    public bool NeedsShared;
 
     /// <summary>True when the call must not be forwarded.</summary>
     public readonly bool Blocks => Enforced && Outcome != DecisionOutcome.Allow;

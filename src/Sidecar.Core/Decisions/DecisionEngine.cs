@@ -14,9 +14,12 @@ namespace Sidecar.Decisions;
 /// conditions (all_tools first), then <c>require</c> conditions, then approval, then limits — so that a call that
 /// is refused for any other reason spends no tokens. Limits are taken all or nothing.
 /// </remarks>
-public sealed class DecisionEngine(RateLimitStore store)
+public sealed partial class DecisionEngine(RateLimitStore store, RedisLimitStore? shared = null)
 {
     public RateLimitStore Store { get; } = store;
+
+    /// <summary>Where counters of scope global, identity and grant live with <c>rateLimits.store: redis</c>; null: all in <see cref="Store"/>.</summary>
+    public RedisLimitStore? Shared { get; } = shared;
 
     /// <summary>The arguments of a call that has none: an empty object, as the upstream will read it.</summary>
     public static ReadOnlySpan<byte> NoArguments => "{}"u8;
@@ -106,23 +109,31 @@ public sealed class DecisionEngine(RateLimitStore store)
         return charges;
     }
 
-    /// <summary>Gives back the tokens of <see cref="CopyCharges"/>.</summary>
+    /// <summary>Gives back the tokens of <see cref="CopyCharges"/> (shared ones in one script, not awaited).</summary>
     internal void Refund(ReadOnlySpan<Charge> charges)
     {
+        List<SharedLimit>? shared = null;
         foreach (ref readonly var charge in charges)
         {
-            Store.Refund(charge.Bucket, charge.Counter.Max, charge.Counter.WindowSeconds, charge.Cost);
+            if (charge.Bucket is { } bucket)
+            {
+                Store.Refund(bucket, charge.Counter.Max, charge.Counter.WindowSeconds, charge.Cost);
+            }
+            else if (charge.SharedKey is { } key)
+            {
+                (shared ??= []).Add(SharedLimitOf(key, charge));
+            }
+        }
+        if (shared is not null)
+        {
+            _ = RefundSharedAsync(shared);
         }
     }
 
     /// <summary>Gives back every token a decision took: call it when an allowed call fails upstream. Idempotent.</summary>
     public void Refund(ref Decision decision)
     {
-        for (var i = 0; i < decision.ChargeCount; i++)
-        {
-            ref readonly var charge = ref decision.Charges[i];
-            Store.Refund(charge.Bucket, charge.Counter.Max, charge.Counter.WindowSeconds, charge.Cost);
-        }
+        Refund(((ReadOnlySpan<Charge>)decision.Charges)[..decision.ChargeCount]);
         decision.ChargeCount = 0;
     }
 
@@ -160,6 +171,13 @@ public sealed class DecisionEngine(RateLimitStore store)
                 return false;
             }
 
+            if (Shared is not null && counter.Scope != LimitScope.Session && cost <= counter.Max)
+            {
+                // Taken in Redis with the call's other shared limits, in one script (SettleSharedAsync).
+                decision.Charges[decision.ChargeCount++] = Charge.Shared(limit, cost);
+                decision.NeedsShared = true;
+                continue;
+            }
             var key = KeyFor(policy.CounterSpace, counter, context);
             var result = Store.TryAcquire(key, counter.Max, counter.WindowSeconds, cost, now, out var bucket);
             if (!result.Acquired)

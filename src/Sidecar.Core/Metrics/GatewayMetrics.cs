@@ -33,7 +33,13 @@ public sealed class GatewayMetrics : IDisposable
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = SecondsBuckets });
         UpstreamErrors = Meter.CreateCounter<long>("sidecar_upstream_errors_total", description: "Calls an upstream failed: kind unavailable (unreachable, crashed, closed) or timeout");
         UpstreamRestarts = Meter.CreateCounter<long>("sidecar_upstream_restarts_total", description: "Upstream connections re-made (a stdio server respawned, an HTTP session reconnected)");
+        SharedRoundTrip = Meter.CreateHistogram<double>("sidecar_shared_limits_roundtrip_seconds", "s",
+            "Round trips to the shared rate-limit store (Redis): one per decision that needs a shared counter, one per refund",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = SecondsBuckets });
     }
+
+    /// <summary>Round trips to Redis (<c>rateLimits.store: redis</c>); unused with the memory store.</summary>
+    public Histogram<double> SharedRoundTrip { get; }
 
     public Meter Meter { get; }
 

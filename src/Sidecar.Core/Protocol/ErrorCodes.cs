@@ -40,6 +40,9 @@ public static class ErrorCodes
     /// <summary>The upstream server did not answer in time.</summary>
     public const int UpstreamTimeout = -32017;
 
+    /// <summary>A call needs a shared rate-limit counter and the shared store (Redis) is unreachable, with <c>failMode: closed</c>.</summary>
+    public const int SharedStoreUnavailable = -32018;
+
     /// <summary>MCP's "resource not found" (<c>resources/read</c> of an unknown URI).</summary>
     public const int ResourceNotFound = -32002;
 
@@ -77,6 +80,7 @@ public static class ErrorCodes
         DecisionOutcome.RateLimited => RateLimited,
         DecisionOutcome.RequireApproval => ApprovalRequired,
         DecisionOutcome.InvalidArguments => InvalidArguments,
+        DecisionOutcome.StoreUnavailable => SharedStoreUnavailable,
         _ => InternalError,
     };
 }

@@ -150,6 +150,7 @@ internal static class JsonRpcResponses
             _ => $"Tool \"{tool}\" requires approval: {decision.Reason}; no approver is configured on this gateway (no admin API), so the call was not made",
         },
         DecisionOutcome.InvalidArguments => $"Tool \"{tool}\" was called with arguments the policy does not accept: {decision.Reason}",
+        DecisionOutcome.StoreUnavailable => $"Tool \"{tool}\" was not called: {decision.Reason}",
         _ => $"Tool \"{tool}\" denied by policy: {decision.Reason}",
     };
 

@@ -162,8 +162,8 @@ internal sealed partial class McpSession
     private async Task ReleaseAsync(HeldCall held, Approval approval)
     {
         var options = held.Snapshot.Options;
-        var verdict = _engine.Calls.Release(held.Server, held.Caller, held.Sequence, held.Scan, held.Context, held.RawId, held.Tool, approval.Id,
-            out var decision, out var auditId, out var ticket);
+        var (verdict, decision, auditId, ticket) = await _engine.Calls.ReleaseAsync(held.Server, held.Caller, held.Sequence, held.Scan, held.Context,
+            held.RawId, held.Tool, approval.Id).ConfigureAwait(false);
         var forwarded = verdict is CallVerdict.Forward or CallVerdict.Shadow;
         if (!held.TryFinish())
         {

@@ -135,8 +135,15 @@ internal sealed partial class McpSession : AgentSession
         switch (scan.Method)
         {
             case McpMethod.ToolsCall:
-                var verdict = _engine.Calls.Decide(current, caller, snapshot.Options, message, scan, new CallContext(caller.Identity, caller.Grant, Id),
+                var callContext = new CallContext(caller.Identity, caller.Grant, Id);
+                var verdict = _engine.Calls.Decide(current, caller, snapshot.Options, message, scan, callContext,
                     new ReadOnlySequence<byte>(rawId), out decision, out tool, out auditId, out var ticket);
+                if (verdict == CallVerdict.Settle)
+                {
+                    // Shared limits (Redis): one round trip, then the verdict every local counter would have given.
+                    var settled = await _engine.Calls.SettleAsync(current, caller, message, scan, callContext, rawId, tool!, decision).ConfigureAwait(false);
+                    (verdict, decision, auditId, ticket) = settled;
+                }
                 if (verdict == CallVerdict.Hold)
                 {
                     return Hold(snapshot, current, caller, message, scan, key, rawId, tool!, decision, sink);

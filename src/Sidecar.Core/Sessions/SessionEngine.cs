@@ -55,12 +55,12 @@ internal sealed partial class SessionEngine : IAsyncDisposable
     private long _shedReported;
     private long _lastHeartbeat = Environment.TickCount64;
 
-    public SessionEngine(GatewaySnapshot snapshot, AuditRecorder audit, RateLimitStore store, ILoggerFactory loggers)
+    public SessionEngine(GatewaySnapshot snapshot, AuditRecorder audit, RateLimitStore store, ILoggerFactory loggers, RedisLimitStore? shared = null)
     {
         _snapshot = snapshot;
         Audit = audit;
         Store = store;
-        Decisions = new DecisionEngine(store);
+        Decisions = new DecisionEngine(store, shared);
         Log = new SessionLog(loggers.CreateLogger("Sidecar.Sessions"));
         Metrics = new GatewayMetrics();
         Calls = new ToolCalls(Decisions, audit, Log, Metrics);

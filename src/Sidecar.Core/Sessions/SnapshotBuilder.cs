@@ -79,6 +79,12 @@ internal static class SnapshotBuilder
             problems.Add(new Diagnostic(config.File, "$.admin.listen", default,
                 $"\"admin.listen\" changed from {previous.Config.Admin?.Listen ?? "(no admin API)"} to {config.Admin?.Listen ?? "(no admin API)"}: the admin listener changes only on a restart"));
         }
+        if (previous is not null && previous.Config.RateLimits != config.RateLimits)
+        {
+            // Records compare by value; the connection string is never put in the message (it may hold a password).
+            problems.Add(new Diagnostic(config.File, "$.rateLimits", default,
+                $"\"rateLimits\" changed (store {previous.Config.RateLimits.Store.ToString().ToLowerInvariant()} to {config.RateLimits.Store.ToString().ToLowerInvariant()}, or its redis settings): where counters live changes only on a restart"));
+        }
         errors = problems;
         if (problems.Count > 0)
         {

@@ -30,7 +30,16 @@ internal enum CallVerdict : byte
     /// the hold runs out. Nothing is recorded yet.
     /// </summary>
     Hold,
+
+    /// <summary>
+    /// Allowed so far, with shared limits still to take in Redis (<c>rateLimits.store: redis</c>): await
+    /// <see cref="ToolCalls.SettleAsync"/> for the real verdict. Nothing is recorded yet. Never with the memory store.
+    /// </summary>
+    Settle,
 }
+
+/// <summary>A decision once its shared limits were taken (or not), recorded: what <see cref="ToolCalls.SettleAsync"/> gives.</summary>
+internal readonly record struct Settled(CallVerdict Verdict, Decision Decision, long AuditId, long Ticket);
 
 /// <summary>The one place a <c>tools/call</c> is decided, for sessions and stateless requests alike.</summary>
 internal sealed class ToolCalls(DecisionEngine decisions, AuditRecorder audit, SessionLog log, Metrics.GatewayMetrics? metrics = null)
@@ -71,6 +80,14 @@ internal sealed class ToolCalls(DecisionEngine decisions, AuditRecorder audit, S
             tool = name.ToString();
             return CallVerdict.Hold;
         }
+        if (decision.NeedsShared)
+        {
+            // Shared limits to take in Redis: recorded once they are (SettleAsync).
+            auditId = 0;
+            ticket = 0;
+            tool = name.ToString();
+            return CallVerdict.Settle;
+        }
         // An id split across body segments is rare (ids are short): only then is it copied.
         var id = rawId.IsSingleSegment ? rawId.FirstSpan : rawId.ToArray();
         var verdict = Record(server.Name, policy, context, name, id, arguments, ref decision, out auditId, out ticket);
@@ -79,20 +96,39 @@ internal sealed class ToolCalls(DecisionEngine decisions, AuditRecorder audit, S
     }
 
     /// <summary>
+    /// A decision of <see cref="CallVerdict.Settle"/>: its shared limits are taken in Redis (one round trip), then it is
+    /// recorded like any other, and the verdict is what it would have been with every counter local.
+    /// </summary>
+    public async ValueTask<Settled> SettleAsync(ServerState server, Caller caller, ReadOnlySequence<byte> message, JsonRpcScan scan, CallContext context,
+        byte[] rawId, string tool, Decision decision)
+    {
+        var policy = server.PolicyFor(caller);
+        decision = await decisions.SettleSharedAsync(policy, context, decision).ConfigureAwait(false);
+        var arguments = scan.Arguments.IsEmpty ? default : message.Slice(scan.Arguments.Start, scan.Arguments.Length);
+        var verdict = Record(server.Name, policy, context, tool, rawId, arguments, ref decision, out var auditId, out var ticket);
+        return new Settled(verdict, decision, auditId, ticket);
+    }
+
+    /// <summary>
     /// A held call a person approved (<paramref name="approvalId"/>): decided again as approved (its limits are taken
     /// now) and recorded with the approval's id. <see cref="CallVerdict.Forward"/> unless a limit refuses it now or its
     /// record finds no room.
     /// </summary>
-    public CallVerdict Release(ServerState server, in Caller caller, ReadOnlySequence<byte> message, in JsonRpcScan scan, in CallContext context,
-        ReadOnlySpan<byte> rawId, string tool, string approvalId, out Decision decision, out long auditId, out long ticket)
+    public ValueTask<Settled> ReleaseAsync(ServerState server, Caller caller, ReadOnlySequence<byte> message, JsonRpcScan scan, CallContext context,
+        byte[] rawId, string tool, string approvalId)
     {
         var arguments = scan.Arguments.IsEmpty ? default : message.Slice(scan.Arguments.Start, scan.Arguments.Length);
         var reader = scan.Arguments.IsEmpty ? new Utf8JsonReader(DecisionEngine.NoArguments) : new Utf8JsonReader(arguments);
         var policy = server.PolicyFor(caller);
-        decisions.Decide(policy, context, tool, reader, approved: true, out decision);
+        decisions.Decide(policy, context, tool, reader, approved: true, out var decision);
         decision.ApprovalId = approvalId;
         decision.ApprovalStatus = ApprovalStatus.Used;
-        return Record(server.Name, policy, context, tool, rawId, arguments, ref decision, out auditId, out ticket);
+        if (decision.NeedsShared)
+        {
+            return SettleAsync(server, caller, message, scan, context, rawId, tool, decision);
+        }
+        var verdict = Record(server.Name, policy, context, tool, rawId, arguments, ref decision, out var auditId, out var ticket);
+        return new ValueTask<Settled>(new Settled(verdict, decision, auditId, ticket));
     }
 
     /// <summary>
@@ -114,28 +150,26 @@ internal sealed class ToolCalls(DecisionEngine decisions, AuditRecorder audit, S
     /// decided again as approved (<see cref="Release"/>); otherwise it is refused with -32012 (pending) or -32013
     /// (denied), recorded with the approval's id.
     /// </summary>
-    public CallVerdict Ask(ApprovalBook book, ServerState server, in Caller caller, ReadOnlySequence<byte> message, in JsonRpcScan scan, in CallContext context,
-        ReadOnlySpan<byte> rawId, string tool, ref Decision decision, out long auditId, out long ticket)
+    public async ValueTask<Settled> AskAsync(ApprovalBook book, ServerState server, Caller caller, ReadOnlySequence<byte> message, JsonRpcScan scan, CallContext context,
+        byte[] rawId, string tool, Decision decision)
     {
-        auditId = 0;
         var arguments = scan.Arguments.IsEmpty ? ReadOnlySequence<byte>.Empty : message.Slice(scan.Arguments.Start, scan.Arguments.Length);
-        var contiguous = arguments.IsSingleSegment ? arguments.FirstSpan : arguments.ToArray();
-        if (!CanonicalArguments.TryHash(contiguous, out var sha, out var error))
+        var contiguous = arguments.IsSingleSegment ? arguments.First : arguments.ToArray();
+        if (!CanonicalArguments.TryHash(contiguous.Span, out var sha, out var error))
         {
             decision.Outcome = DecisionOutcome.InvalidArguments;
             decision.Reason = SessionMessages.NoCanonicalArguments(error);
-            ticket = RecordRefusal(server, caller, context, message, scan, rawId, tool, ref decision);
-            return CallVerdict.Blocked;
+            return new Settled(CallVerdict.Blocked, decision, 0, RecordRefusal(server, caller, context, message, scan, rawId, tool, ref decision));
         }
-        var opened = book.Open(new ApprovalKey(server.Name, caller.Identity, caller.Grant, tool, sha), contiguous, decision.ApprovalTimeout, out var approval);
+        var opened = book.Open(new ApprovalKey(server.Name, caller.Identity, caller.Grant, tool, sha), contiguous.Span, decision.ApprovalTimeout, out var approval);
         if (opened == ApprovalTicket.Released)
         {
-            var verdict = Release(server, caller, message, scan, context, rawId, tool, approval!.Id, out decision, out auditId, out ticket);
-            if (verdict is CallVerdict.Blocked or CallVerdict.AuditBacklog)
+            var released = await ReleaseAsync(server, caller, message, scan, context, rawId, tool, approval!.Id).ConfigureAwait(false);
+            if (released.Verdict is CallVerdict.Blocked or CallVerdict.AuditBacklog)
             {
                 book.Restore(approval);
             }
-            return verdict;
+            return released;
         }
         decision.ApprovalId = approval?.Id;
         switch (opened)
@@ -152,8 +186,7 @@ internal sealed class ToolCalls(DecisionEngine decisions, AuditRecorder audit, S
                 decision.RetryAfterMs = McpSession.PendingRetryAfterMs;
                 break;
         }
-        ticket = RecordRefusal(server, caller, context, message, scan, rawId, tool, ref decision);
-        return CallVerdict.Blocked;
+        return new Settled(CallVerdict.Blocked, decision, 0, RecordRefusal(server, caller, context, message, scan, rawId, tool, ref decision));
     }
 
     /// <summary>Records a decision and says what to do with the call; a record with no room under <c>onFull: shed</c> refuses it.</summary>

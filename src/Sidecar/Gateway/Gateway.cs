@@ -32,13 +32,28 @@ internal sealed class Gateway : IAsyncDisposable
         ListeningOnLoopback = listeningOnLoopback;
         var snapshot = SnapshotBuilder.Build(config, null, loggers, out var errors) ?? throw new ConfigValidationException(errors);
         Audit = AuditSetup.Create(config, loggers);
-        Engine = new SessionEngine(snapshot, Audit?.Recorder ?? AuditRecorder.Disabled, new RateLimitStore(), loggers);
+        if (config.RateLimits is { Store: RateLimitStoreKind.Redis, Redis: { } redis })
+        {
+            var sharedLog = loggers.CreateLogger("Sidecar.RateLimits");
+            SharedLimits = new RedisLimitStore(redis, sharedLog);
+            sharedLog.LogInformation("Rate limits of scope global, identity and grant are shared in Redis at {Endpoints} (prefix {Prefix}, failMode {FailMode}); session limits stay local",
+                SharedLimits.Endpoints, redis.Prefix, redis.FailMode.ToString().ToLowerInvariant());
+        }
+        Engine = new SessionEngine(snapshot, Audit?.Recorder ?? AuditRecorder.Disabled, new RateLimitStore(), loggers, SharedLimits);
+        if (SharedLimits is not null)
+        {
+            var outageLog = loggers.CreateLogger("Sidecar.RateLimits");
+            Engine.Decisions.SharedOutage = what => outageLog.LogWarning("Shared rate limits: Redis is unreachable; {What}", what);
+        }
         _overloaded = new Overloaded(config.Limits.MaxInFlight, JsonRpcResponses.Overloaded(config.Limits.MaxInFlight));
         Reloader = config.File is { } file ? new ConfigReloader(Path.GetFullPath(file), Engine, loggers) : null;
         GatewayObservables.Register(this);
         // After the observables: the listener is started once every instrument of the gateway's meter exists.
         Metrics = new Sidecar.Metrics.PrometheusExporter(instrument => ReferenceEquals(instrument.Meter, Engine.Metrics.Meter));
     }
+
+    /// <summary>The shared rate-limit store (<c>rateLimits.store: redis</c>); null with the memory store.</summary>
+    public RedisLimitStore? SharedLimits { get; }
 
     /// <summary>What <c>/metrics</c> serves: this gateway's instruments in Prometheus text.</summary>
     public Sidecar.Metrics.PrometheusExporter Metrics { get; }
@@ -83,6 +98,8 @@ internal sealed class Gateway : IAsyncDisposable
     public void Start()
     {
         Audit?.Start();
+        // Connects in the background: the gateway serves (by its fail mode) until Redis is reachable.
+        _ = SharedLimits?.StartAsync();
         _terminate = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnStopSignal);
         _interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnStopSignal);
         if (Reloader is not null)
@@ -152,6 +169,10 @@ internal sealed class Gateway : IAsyncDisposable
         _interrupt?.Dispose();
         Metrics.Dispose();
         await Engine.DisposeAsync().ConfigureAwait(false);
+        if (SharedLimits is not null)
+        {
+            await SharedLimits.DisposeAsync().ConfigureAwait(false);
+        }
         // Last: the sessions above have recorded how their calls ended; drain, write audit_stop, flush the sinks.
         if (Audit is not null)
         {

@@ -147,7 +147,15 @@ internal static class GatewayHost
         app.MapGet(HttpGuards.ProtectedResourcePath, new RequestDelegate(context => ProtectedResourceAsync(context, gateway)));
         app.MapGet("/metrics", new RequestDelegate(context => WriteMetricsAsync(context, gateway)));
         app.MapGet("/healthz", new RequestDelegate(static context => context.Response.WriteAsync("ok")));
-        app.MapGet("/readyz", new RequestDelegate(context => context.Response.WriteAsync(Readiness(gateway))));
+        app.MapGet("/readyz", new RequestDelegate(context =>
+        {
+            // Shared limits that fail closed with Redis unreachable: every call that needs them is refused, so not ready.
+            if (gateway.SharedLimits is { IsConnected: false, FailMode: Sidecar.Configuration.SharedFailMode.Closed })
+            {
+                context.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
+            }
+            return context.Response.WriteAsync(Readiness(gateway));
+        }));
         return app;
     }
 
@@ -218,11 +226,20 @@ internal static class GatewayHost
     private static string Readiness(Gateway gateway)
     {
         var engine = gateway.Engine;
-        return $"ready: {engine.Current.Servers.Count} servers, {engine.SessionCount} sessions, {engine.InFlight.Count} of {engine.InFlight.Capacity} requests in flight"
+        var shared = gateway.SharedLimits is not { } store
+            ? ""
+            : store.IsConnected
+                ? $"; shared limits: Redis at {store.Endpoints} connected ({store.RoundTrips} round trips, {store.Errors} errors)"
+                : $"; shared limits: Redis at {store.Endpoints} UNREACHABLE (failMode {store.FailMode.ToString().ToLowerInvariant()}: "
+                  + (store.FailMode == Sidecar.Configuration.SharedFailMode.Closed ? "calls that need a shared counter get -32018" : "this replica's own buckets decide")
+                  + $"; {engine.Decisions.SharedUnavailable} refused, {engine.Decisions.SharedFallbacks} decided locally)";
+        var head = gateway.SharedLimits is { IsConnected: false, FailMode: Sidecar.Configuration.SharedFailMode.Closed } ? "not ready" : "ready";
+        return $"{head}: {engine.Current.Servers.Count} servers, {engine.SessionCount} sessions, {engine.InFlight.Count} of {engine.InFlight.Capacity} requests in flight"
             + (gateway.Audit is { } audit
                 ? $"; audit queue {audit.Recorder.Queue!.Credits} of {audit.Recorder.Queue.Capacity} places taken, {audit.Recorder.Shed} calls shed, {audit.Recorder.Dropped} records dropped"
                 : "; audit off")
-            + ApprovalsReadiness(engine.Approvals);
+            + ApprovalsReadiness(engine.Approvals)
+            + shared;
     }
 
     /// <summary>The pending approvals and, with a webhook, what became of its deliveries (retries and failures counted).</summary>

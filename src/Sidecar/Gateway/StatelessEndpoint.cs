@@ -64,11 +64,16 @@ internal sealed class StatelessEndpoint(Gateway gateway, ILogger logger)
         {
             var callContext = new CallContext(caller.Identity, caller.Grant, null);
             var verdict = Engine.Calls.Decide(server, caller, snapshot.Options, body, scan, callContext, rawIdToken, out decision, out var tool, out auditId, out var ticket);
-            if (verdict == CallVerdict.Hold)
+            if (verdict == CallVerdict.Settle)
+            {
+                (verdict, decision, auditId, ticket) = await Engine.Calls.SettleAsync(server, caller, body, scan, callContext, rawIdToken.ToArray(), tool!, decision)
+                    .ConfigureAwait(false);
+            }
+            else if (verdict == CallVerdict.Hold)
             {
                 // No session to answer later: asked for (or found) at once; the identical retry passes once approved.
-                var id = rawIdToken.IsSingleSegment ? rawIdToken.FirstSpan : rawIdToken.ToArray();
-                verdict = Engine.Calls.Ask(Engine.Approvals, server, caller, body, scan, callContext, id, tool!, ref decision, out auditId, out ticket);
+                (verdict, decision, auditId, ticket) = await Engine.Calls.AskAsync(Engine.Approvals, server, caller, body, scan, callContext, rawIdToken.ToArray(),
+                    tool!, decision).ConfigureAwait(false);
             }
             if (verdict is CallVerdict.Blocked or CallVerdict.AuditBacklog)
             {

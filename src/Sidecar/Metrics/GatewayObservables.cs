@@ -34,6 +34,15 @@ internal static class GatewayObservables
             meter.CreateObservableCounter("sidecar_audit_sink_failures_total", () => audit.SinkFailures, description: "Audit batches a sink could neither deliver nor keep");
             meter.CreateObservableGauge("sidecar_audit_spool_bytes", () => SpoolBytes(audit), description: "Bytes the http audit sink holds on disk while its collector is down");
         }
+        if (gateway.SharedLimits is { } shared)
+        {
+            shared.RoundTripObserved = seconds => engine.Metrics.SharedRoundTrip.Record(seconds);
+            meter.CreateObservableGauge("sidecar_shared_limits_up", () => shared.IsConnected ? 1 : 0, description: "1 while the shared rate-limit store (Redis) is connected");
+            meter.CreateObservableCounter("sidecar_shared_limits_errors_total", () => shared.Errors, description: "Round trips to Redis that failed or could not be made (down, timed out)");
+            meter.CreateObservableCounter("sidecar_shared_limits_unavailable_total", () => engine.Decisions.SharedUnavailable, description: "Calls refused with -32018: Redis unreachable, failMode closed");
+            meter.CreateObservableCounter("sidecar_shared_limits_fallbacks_total", () => engine.Decisions.SharedFallbacks, description: "Calls decided by this replica's own buckets: Redis unreachable, failMode open");
+            meter.CreateObservableCounter("sidecar_shared_limits_script_loads_total", () => shared.ScriptLoads, description: "Scripts sent again after NOSCRIPT (Redis restarted or flushed)");
+        }
         if (gateway.Reloader is { } reloader)
         {
             meter.CreateObservableCounter("sidecar_config_reloads_total", () => new[]

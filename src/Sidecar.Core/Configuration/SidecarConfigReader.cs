@@ -10,7 +10,7 @@ namespace Sidecar.Configuration;
 /// </summary>
 public static class SidecarConfigReader
 {
-    private const string TopFields = "listen, mcpServers, policy, blockedCalls, limits, allowedOrigins, allowedHosts, audit, identities, grants, admin, approvals, logging, aggregate";
+    private const string TopFields = "listen, mcpServers, policy, blockedCalls, limits, allowedOrigins, allowedHosts, audit, identities, grants, admin, approvals, logging, aggregate, rateLimits";
     private const string ServerFields = "command, args, env, cwd, share, url, transport, headers, policy, type, description";
 
     public static SidecarConfig LoadFile(string path, Func<string, string?>? environment = null)

@@ -38,6 +38,10 @@ public sealed partial class DecisionEngine
             return decision;
         }
         decision.NeedsShared = false;
+        if (decision.Outcome != DecisionOutcome.Allow)
+        {
+            return decision;
+        }
         var pending = new List<(int Index, SharedLimit Limit)>(decision.ChargeCount);
         for (var i = 0; i < decision.ChargeCount; i++)
         {

@@ -14,12 +14,12 @@ namespace Sidecar.Decisions;
 /// conditions (all_tools first), then <c>require</c> conditions, then approval, then limits — so that a call that
 /// is refused for any other reason spends no tokens. Limits are taken all or nothing.
 /// </remarks>
-public sealed partial class DecisionEngine(RateLimitStore store, RedisLimitStore? shared = null)
+public sealed partial class DecisionEngine(RateLimitStore store, ISharedLimitStore? shared = null)
 {
     public RateLimitStore Store { get; } = store;
 
     /// <summary>Where counters of scope global, identity and grant live with <c>rateLimits.store: redis</c>; null: all in <see cref="Store"/>.</summary>
-    public RedisLimitStore? Shared { get; } = shared;
+    public ISharedLimitStore? Shared { get; } = shared;
 
     /// <summary>The arguments of a call that has none: an empty object, as the upstream will read it.</summary>
     public static ReadOnlySpan<byte> NoArguments => "{}"u8;
@@ -201,6 +201,7 @@ public sealed partial class DecisionEngine(RateLimitStore store, RedisLimitStore
     private void Reject(ref Decision decision, DecisionOutcome outcome, string rule, string reason)
     {
         Refund(ref decision);
+        decision.NeedsShared = false; // a refused call takes no shared tokens: nothing left to settle
         Set(ref decision, outcome, rule, reason);
     }
 

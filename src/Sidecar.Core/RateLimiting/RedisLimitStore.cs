@@ -26,6 +26,26 @@ public enum SharedStatus : byte
 /// <summary>The outcome of one shared acquire: for a rejection, which limit and when to retry; tokens left in the tightest bucket.</summary>
 public readonly record struct SharedAcquire(SharedStatus Status, int Failed, long Remaining, long RetryAfterMs, string? Error = null);
 
+/// <summary>
+/// Counters shared by every replica: the asynchronous side of rate limiting (<see cref="RateLimitStore"/> is the
+/// synchronous, in-memory one). <see cref="Decisions.DecisionEngine"/> takes a call's shared limits through it in one
+/// <see cref="AcquireAsync"/>, all or nothing. <see cref="RedisLimitStore"/> is the implementation.
+/// </summary>
+public interface ISharedLimitStore
+{
+    /// <summary>What a call that needs a shared counter gets while the store is unreachable.</summary>
+    SharedFailMode FailMode { get; }
+
+    /// <summary>The key of one shared bucket (its server's counter space, counter, scope and scope parts).</summary>
+    string KeyFor(string space, string counter, byte scope, string? part1, string? part2);
+
+    /// <summary>Takes every limit's tokens, or none; <see cref="SharedStatus.Unavailable"/> when the store cannot be reached.</summary>
+    ValueTask<SharedAcquire> AcquireAsync(IReadOnlyList<SharedLimit> limits);
+
+    /// <summary>Gives back what an admitted acquire took. Best effort.</summary>
+    ValueTask RefundAsync(IReadOnlyList<SharedLimit> limits);
+}
+
 /// <summary>Checks a Redis connection string without opening it; the message never repeats the string (it may hold a password).</summary>
 public static class RedisConnection
 {
@@ -56,7 +76,7 @@ public static class RedisConnection
 /// in a hash tag so that all of a call's keys sit in one cluster slot. The connection reconnects by itself; while it is
 /// down every acquire answers <see cref="SharedStatus.Unavailable"/> at once.
 /// </summary>
-public sealed partial class RedisLimitStore : IAsyncDisposable
+public sealed partial class RedisLimitStore : ISharedLimitStore, IAsyncDisposable
 {
     /// <summary>
     /// KEYS: the buckets. ARGV: per key cost, emission (µs per token), tolerance (emission × max). Returns

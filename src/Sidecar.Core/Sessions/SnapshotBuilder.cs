@@ -92,8 +92,11 @@ internal static class SnapshotBuilder
             var upstream = old is not null && old.Config.SameUpstream(server) && previous!.Config.Limits == config.Limits
                 ? old.Upstream
                 : new UpstreamHandle(UpstreamConnectors.Create(server, config.Limits, loggers));
+            // What the server's pinned tools were last seen as is a fact about the server, kept while it stays the same
+            // server (same command or URL): a reload that only edits a pin is checked against it at once.
+            var pinWatch = old is not null && old.Config.SameUpstream(server) ? old.Pins.Watch : null;
             servers[server.Name] = new ServerState(server, policies[server.Name], upstream, config.Limits.SessionsPerServer(server.Transport),
-                grantPolicies[server.Name].ToFrozenDictionary(StringComparer.Ordinal));
+                grantPolicies[server.Name].ToFrozenDictionary(StringComparer.Ordinal), pinWatch);
         }
         return new GatewaySnapshot(config, servers.ToFrozenDictionary(StringComparer.Ordinal), (previous?.Version ?? 0) + 1);
     }

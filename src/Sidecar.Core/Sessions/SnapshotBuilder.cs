@@ -55,7 +55,7 @@ internal static class SnapshotBuilder
                 try
                 {
                     perGrant[name] = file is null
-                        ? DenyAll(server.Name, $"grant {name} has no policy for server {server.Name}: everything is denied")
+                        ? NoGrantPolicy(name, server.Name)
                         : compiled.TryGetValue((server.Name, file), out var model) ? model
                         : compiled[(server.Name, file)] = PolicyCompiler.LoadFile(file, server.Name);
                 }
@@ -111,6 +111,16 @@ internal static class SnapshotBuilder
             ? DenyAll(server.Name, $"no policy configured for server {server.Name}: everything is denied")
             : PolicyCompiler.LoadFile(server.PolicyPath, server.Name);
     }
+
+    /// <summary>
+    /// The policy <paramref name="grant"/> gives <paramref name="server"/> (as <see cref="ServerState.PolicyFor"/> finds
+    /// it in a snapshot): the grant's <c>policies[server]</c>, else <c>policies["*"]</c>, else one that denies everything.
+    /// </summary>
+    public static PolicyModel LoadGrantPolicy(GrantConfig grant, ServerConfig server)
+        => grant.PolicyFor(server.Name) is { } file ? PolicyCompiler.LoadFile(file, server.Name) : NoGrantPolicy(grant.Name, server.Name);
+
+    private static PolicyModel NoGrantPolicy(string grant, string server)
+        => DenyAll(server, $"grant {grant} has no policy for server {server}: everything is denied");
 
     /// <summary>A policy that denies every tool (fail closed), saying why in its description.</summary>
     private static PolicyModel DenyAll(string server, string why)

@@ -25,8 +25,9 @@ public sealed record CatalogueEntry(ToolDefinition Tool, ToolClassification Clas
 /// <summary>
 /// The catalogue of one server (<c>sidecar tools</c>): each tool the server lists, classified
 /// (<see cref="ToolClassifier"/>), with what the server's policy does with it (<c>allowed</c>, <c>denied</c>,
-/// <c>hidden</c>, <c>limited N per window</c>, <c>needs approval</c>) and the SHA-256 of its definition, and the
-/// tools the policy names that the server does not have.
+/// <c>hidden</c>, <c>limited N per window</c>, <c>needs approval</c>; <c>denied</c> by rule <c>pin</c> when the policy
+/// pins it to another hash), the SHA-256 of its definition and whether the policy pins it, and the tools the policy
+/// names that the server does not have.
 /// </summary>
 public static class ToolCatalogue
 {

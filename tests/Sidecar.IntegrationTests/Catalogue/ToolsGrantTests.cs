@@ -84,6 +84,23 @@ public sealed class ToolsGrantTests : IDisposable
     }
 
     [Fact]
+    public async Task Pin_with_a_grant_writes_the_grants_policy_file_for_the_server()
+    {
+        var config = await ConfigAsync();
+        var own = await File.ReadAllTextAsync(Path.Combine(_folder, "own.json"));
+        var (exit, output, error) = await CliAsync("tools", "--config", config, "--server", "everything", "--grant", "readonly", "--pin");
+        Assert.True(exit == 0, error);
+        Assert.StartsWith($"pinned 1 tool of everything in {Path.Combine(_folder, "readonly.json")}:", output, StringComparison.Ordinal);
+        var pins = JsonDocument.Parse(await File.ReadAllTextAsync(Path.Combine(_folder, "readonly.json"))).RootElement.GetProperty("pins");
+        Assert.Equal(["echo"], pins.EnumerateObject().Select(p => p.Name));
+        Assert.Equal(own, await File.ReadAllTextAsync(Path.Combine(_folder, "own.json")));
+
+        (exit, _, error) = await CliAsync("tools", "--config", config, "--server", "second", "--grant", "readonly", "--pin");
+        Assert.Equal(1, exit);
+        Assert.Equal("sidecar tools: grant readonly has no policy file for second to pin into (everything is denied to it)", error.Trim());
+    }
+
+    [Fact]
     public async Task An_unknown_grant_is_one_line_and_exit_2()
     {
         var config = await ConfigAsync();

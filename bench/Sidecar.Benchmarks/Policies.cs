@@ -28,6 +28,27 @@ public static class Policies
     }
 
     /// <summary>
+    /// <see cref="Realistic"/> with <c>pins</c> for 20 of its tools, the typical call's among them (all pinned to
+    /// <see cref="Pin"/>): the pin check's full path on the call (pinned, seen, compared).
+    /// </summary>
+    public static PolicyModel RealisticPinned()
+    {
+        var json = System.Text.Json.Nodes.JsonNode.Parse(RealisticJson())!.AsObject();
+        var pins = new System.Text.Json.Nodes.JsonObject();
+        foreach (var (name, _) in json["tools"]!.AsObject().Take(20))
+        {
+            pins[name] = Pin;
+        }
+        json["pins"] = pins;
+        var diagnostics = new DiagnosticBag("bench-policy-pinned.json");
+        return PolicyCompiler.Load(System.Text.Encoding.UTF8.GetBytes(json.ToJsonString()), CounterSpace, diagnostics)
+            ?? throw new InvalidOperationException("pinned benchmark policy does not compile:" + Environment.NewLine + diagnostics);
+    }
+
+    /// <summary>The hash every tool of <see cref="RealisticPinned"/> is pinned to (and seen with).</summary>
+    public const string Pin = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    /// <summary>
     /// 50 tools: 8 hand-written ones (the README's shapes: <c>{}</c>, deny with a reason, <c>deny_if</c> with <c>in</c>,
     /// <c>require</c> with <c>regex</c>, <c>lt</c> and <c>eq</c>, <c>increment_from</c>, approval) and 42 generated
     /// verb_noun tools (get/list allowed, create limited per session, update with a <c>deny_if in</c>, delete denied,

@@ -20,7 +20,8 @@ namespace Sidecar.Benchmarks;
 /// its identity and grant, the grant's policy for the server, <see cref="ToolCalls.Decide"/> (name copied, decision,
 /// audit record with identity and grant) and the completion record, with the admin API on (so approvals are
 /// possible), and the call's metrics (its counter and the two histograms of a forwarded call), with and without the
-/// <c>/metrics</c> exporter listening. Target: 0 bytes allocated per call either way.
+/// <c>/metrics</c> exporter listening, and with the tool pinned (its pin looked up and compared with what the server's
+/// last list showed) or not. Target: 0 bytes allocated per call every way.
 /// </summary>
 [MemoryDiagnoser]
 [Config(typeof(BenchConfig))]
@@ -45,6 +46,10 @@ public class ToolCallBenchmarks
     [Params(false, true)]
     public bool Metrics { get; set; }
 
+    /// <summary>With the called tool pinned (and last seen as pinned: the pin check's whole path), or without pins.</summary>
+    [Params(false, true)]
+    public bool Pinned { get; set; }
+
     [GlobalSetup]
     public void Setup()
     {
@@ -55,7 +60,7 @@ public class ToolCallBenchmarks
         var grants = new Dictionary<string, GrantConfig> { ["ops"] = new("ops", new Dictionary<string, string> { ["*"] = "ops.json" }) };
         _resolver = new IdentityResolver(new IdentitiesConfig([new ApiKeyConfig("ops-agent", SHA256.HashData(Encoding.UTF8.GetBytes(key)), "ops", default)]), grants);
         _header = ["Bearer " + key];
-        var policy = Policies.Realistic();
+        var policy = Pinned ? Policies.RealisticPinned() : Policies.Realistic();
         _server = new ServerState(new ServerConfig("bench", default, UpstreamTransport.Stdio, "node", [], new Dictionary<string, string>(), null, null,
                 new Dictionary<string, string>(), null),
             policy, new UpstreamHandle(null!), 64, new Dictionary<string, PolicyModel> { ["ops"] = policy }.ToFrozenDictionary());
@@ -68,6 +73,18 @@ public class ToolCallBenchmarks
         if (Metrics)
         {
             _exporter = new Sidecar.Metrics.PrometheusExporter(instrument => ReferenceEquals(instrument.Meter, _metrics.Meter));
+        }
+        if (Pinned)
+        {
+            var mismatches = new List<PinMismatch>();
+            foreach (var (tool, pins) in _server.Pins.Watched)
+            {
+                _server.Pins.Watch.Observe(tool, Policies.Pin, pins, mismatches);
+            }
+            if (!policy.TryGetPin(Payloads.TypicalTool, out _) || mismatches.Count > 0)
+            {
+                throw new InvalidOperationException("the typical call's tool is not pinned, or not seen as pinned");
+            }
         }
         _calls = new ToolCalls(new DecisionEngine(new RateLimitStore()), _pipeline.Recorder, new SessionLog(NullLogger.Instance), _metrics);
         for (var i = 0; i < 4096; i++)

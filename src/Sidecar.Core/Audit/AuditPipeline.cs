@@ -222,6 +222,7 @@ public sealed class AuditPipeline : IAsyncDisposable
     /// </summary>
     internal int RunOnce()
     {
+        WriteNotices();
         var drained = Drain();
         Ship();
         return drained;

@@ -9,14 +9,25 @@ namespace Sidecar.Catalogue;
 /// <summary>One server's part of the catalogue: its tools and the policy's tools it lacks, or why it could not be listed.</summary>
 public sealed record ServerCatalogue(string Name, IReadOnlyList<CatalogueEntry>? Tools, IReadOnlyList<string>? Missing, string? Error);
 
-/// <summary>One upstream tool in the catalogue: its class, what the policy does with it, and its definition's hash.</summary>
-public sealed record CatalogueEntry(ToolDefinition Tool, ToolClassification Class, string Decision, string Rule, string Hash);
+/// <summary>
+/// One upstream tool in the catalogue: its class, what the policy does with it, its definition's hash, and whether the
+/// policy pins it (<see cref="Pin"/>: the hash it is pinned to). A pinned tool whose hash differs is <c>denied</c> by
+/// rule <c>pin</c>.
+/// </summary>
+public sealed record CatalogueEntry(ToolDefinition Tool, ToolClassification Class, string Decision, string Rule, string Hash, string? Pin = null)
+{
+    public bool Pinned => Pin is not null;
+
+    /// <summary>Whether the policy's rules deny the tool outright (hidden, <c>action: deny</c>, the default): such a tool is never pinned.</summary>
+    public bool DeniedByRule { get; init; }
+}
 
 /// <summary>
 /// The catalogue of one server (<c>sidecar tools</c>): each tool the server lists, classified
 /// (<see cref="ToolClassifier"/>), with what the server's policy does with it (<c>allowed</c>, <c>denied</c>,
-/// <c>hidden</c>, <c>limited N per window</c>, <c>needs approval</c>) and the SHA-256 of its definition, and the
-/// tools the policy names that the server does not have.
+/// <c>hidden</c>, <c>limited N per window</c>, <c>needs approval</c>; <c>denied</c> by rule <c>pin</c> when the policy
+/// pins it to another hash), the SHA-256 of its definition and whether the policy pins it, and the tools the policy
+/// names that the server does not have.
 /// </summary>
 public static class ToolCatalogue
 {
@@ -71,8 +82,7 @@ public static class ToolCatalogue
                 json.WriteString("decision"u8, entry.Decision);
                 json.WriteString("rule"u8, entry.Rule);
                 json.WriteString("hash"u8, entry.Hash);
-                // Policies cannot pin tools in this version: nothing is pinned.
-                json.WriteBoolean("pinned"u8, false);
+                json.WriteBoolean("pinned"u8, entry.Pinned);
                 json.WriteEndObject();
             }
             json.WriteEndArray();
@@ -94,14 +104,27 @@ public static class ToolCatalogue
         var entries = new List<CatalogueEntry>(tools.Count);
         foreach (var root in tools)
         {
-            var tool = new ToolDefinition(root.GetProperty("name").GetString()!, Text(root, "description"), Annotations(root));
+            var tool = Definition(root);
             var rule = policy.Resolve(tool.Name);
-            entries.Add(new CatalogueEntry(tool, ToolClassifier.Classify(tool), DecisionOf(policy, rule), rule.Id, Hash(root)));
+            var hash = Hash(root);
+            var denied = DeniesOutright(policy, rule);
+            policy.TryGetPin(tool.Name, out var pin);
+            // As the gateway decides: a rule that denies outright first, then a pin the definition no longer matches.
+            var (decision, ruleId) = !denied && pin is not null && pin != hash ? ("denied", PolicyModel.PinRule) : (DecisionOf(policy, rule), rule.Id);
+            entries.Add(new CatalogueEntry(tool, ToolClassifier.Classify(tool), decision, ruleId, hash, pin) { DeniedByRule = denied });
         }
         return entries;
     }
 
-    /// <summary>Tools the policy names (rules and <c>hide</c>) that <paramref name="entries"/> do not have, in the policy's order.</summary>
+    /// <summary>What the classifier reads of a tool the server listed (a JSON object with a string <c>name</c>).</summary>
+    public static ToolDefinition Definition(JsonElement tool)
+        => new(tool.GetProperty("name").GetString()!, Text(tool, "description"), Annotations(tool));
+
+    /// <summary>Whether <paramref name="rule"/> (or <c>all_tools</c>) denies every call outright: hidden, <c>action: deny</c>, or the default.</summary>
+    public static bool DeniesOutright(PolicyModel policy, RuleModel rule)
+        => rule.Action == RuleAction.Deny || policy.AllTools is { Action: RuleAction.Deny };
+
+    /// <summary>Tools the policy names (rules, <c>hide</c> and <c>pins</c>) that <paramref name="entries"/> do not have, in the policy's order.</summary>
     public static List<string> Missing(PolicyModel policy, IReadOnlyList<CatalogueEntry> entries)
     {
         var present = new HashSet<string>(StringComparer.Ordinal);
@@ -124,6 +147,13 @@ public static class ToolCatalogue
                 missing.Add(hidden);
             }
         }
+        foreach (var pin in policy.Config.Pins)
+        {
+            if (!present.Contains(pin.Tool) && !missing.Contains(pin.Tool))
+            {
+                missing.Add(pin.Tool);
+            }
+        }
         return missing;
     }
 
@@ -134,7 +164,7 @@ public static class ToolCatalogue
         {
             return "hidden";
         }
-        if (rule.Action == RuleAction.Deny || policy.AllTools is { Action: RuleAction.Deny })
+        if (DeniesOutright(policy, rule))
         {
             return "denied";
         }

@@ -10,7 +10,8 @@ namespace Sidecar.Decisions;
 /// require-approval | invalid-arguments. Allocation-free and lock-free; never throws on bad arguments.
 /// </summary>
 /// <remarks>
-/// Order: the tool's rule (hidden / named / default) and <c>all_tools</c> may deny outright; then <c>deny_if</c>
+/// Order: the tool's rule (hidden / named / default) and <c>all_tools</c> may deny outright; then a pin the tool's
+/// definition no longer matches; then <c>deny_if</c>
 /// conditions (all_tools first), then <c>require</c> conditions, then approval, then limits — so that a call that
 /// is refused for any other reason spends no tokens. Limits are taken all or nothing.
 /// </remarks>
@@ -26,16 +27,18 @@ public sealed partial class DecisionEngine(RateLimitStore store, ISharedLimitSto
 
     /// <summary>Decides a call whose arguments are the UTF-8 JSON object <paramref name="arguments"/> (empty = no arguments).</summary>
     public void Decide(PolicyModel policy, in CallContext context, ReadOnlySpan<char> tool, ReadOnlySpan<byte> arguments,
-        bool approved, out Decision decision)
-        => Decide(policy, context, tool, new Utf8JsonReader(arguments.IsEmpty ? NoArguments : arguments), approved, out decision);
+        bool approved, out Decision decision, PinWatch? pins = null)
+        => Decide(policy, context, tool, new Utf8JsonReader(arguments.IsEmpty ? NoArguments : arguments), approved, out decision, pins);
 
     /// <summary>
     /// Decides a call whose arguments are a JSON object in <paramref name="arguments"/>, a reader positioned before it
     /// (a call without arguments passes a reader over <see cref="NoArguments"/>). Malformed arguments are refused as
-    /// invalid arguments; this method never throws on them.
+    /// invalid arguments; this method never throws on them. With <paramref name="pins"/> (what the server's pinned
+    /// tools were last seen as), a pinned tool last seen with another definition is denied (rule <c>pin</c>) before
+    /// its conditions, approval and limits are looked at.
     /// </summary>
     public void Decide(PolicyModel policy, in CallContext context, ReadOnlySpan<char> tool, Utf8JsonReader arguments,
-        bool approved, out Decision decision)
+        bool approved, out Decision decision, PinWatch? pins = null)
     {
         decision = default;
         decision.Enforced = policy.Mode == PolicyMode.Enforce;
@@ -52,6 +55,11 @@ public sealed partial class DecisionEngine(RateLimitStore store, ISharedLimitSto
         if (all is { Action: RuleAction.Deny })
         {
             Set(ref decision, DecisionOutcome.Deny, all.Id, all.Reason);
+            return;
+        }
+        if (pins is not null && policy.HasPins && pins.Drifted(policy, tool))
+        {
+            Set(ref decision, DecisionOutcome.Deny, PolicyModel.PinRule, PolicyModel.PinChangedReason);
             return;
         }
 

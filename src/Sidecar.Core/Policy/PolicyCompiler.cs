@@ -74,8 +74,13 @@ public static class PolicyCompiler
         {
             counterList.Add(c.Model);
         }
+        var pins = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var pin in config.Pins)
+        {
+            pins[pin.Tool] = pin.Hash;
+        }
         return new PolicyModel(config, counterSpace, rules.ToFrozenDictionary(StringComparer.Ordinal), allTools, defaultRule,
-            hiddenRule, counterList);
+            hiddenRule, counterList, pins.ToFrozenDictionary(StringComparer.Ordinal));
     }
 
     private static RuleModel CompileRule(RuleConfig rule, string? tool, Dictionary<string, (CounterModel, LimitConfig)> counters,

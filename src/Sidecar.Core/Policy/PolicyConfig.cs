@@ -34,9 +34,16 @@ public sealed record PolicyConfig(
     IReadOnlyList<string> Hide,
     RuleConfig? AllTools,
     IReadOnlyList<ToolRuleConfig> Tools,
-    string? Description);
+    string? Description,
+    IReadOnlyList<ToolPinConfig> Pins);
 
 public sealed record ToolRuleConfig(string Tool, RuleConfig Rule);
+
+/// <summary>
+/// <c>pins.NAME</c>: the definition hash (<c>sha256:</c> and 64 lowercase hex digits, as <c>sidecar tools</c> prints it)
+/// the tool must still have upstream; a tool whose definition changed is hidden and denied (rule <c>pin</c>).
+/// </summary>
+public sealed record ToolPinConfig(string Tool, string Hash, SourceLocation Location);
 
 /// <summary>A rule: for one tool (<c>tools.NAME</c>) or for every tool (<c>all_tools</c>).</summary>
 /// <param name="Id">The rule's name in decisions and audit, e.g. <c>tools.start_proxy</c>.</param>

@@ -132,13 +132,15 @@ public static class PolicyConfigReader
             }
         }
 
+        var pins = members.Take("pins") is { } pinsNode ? ReadPins(pinsNode, diagnostics) : [];
+
         string? description = null;
         if (members.Take("description") is { } descriptionNode)
         {
             description = ReadString(descriptionNode, diagnostics);
         }
 
-        members.ReportUnknown("version, default, mode, hide, all_tools, tools, description");
+        members.ReportUnknown("version, default, mode, hide, all_tools, tools, pins, description");
 
         foreach (var name in hide)
         {
@@ -154,7 +156,62 @@ public static class PolicyConfigReader
 
         return diagnostics.Items.Count > errorsBefore
             ? null
-            : new PolicyConfig(version, @default, mode, hide, allTools, tools, description);
+            : new PolicyConfig(version, @default, mode, hide, allTools, tools, description, pins);
+    }
+
+    /// <summary>The prefix of a pin: <c>sha256:</c>, then 64 lowercase hex digits.</summary>
+    public const string PinPrefix = "sha256:";
+
+    /// <summary>
+    /// <c>pins</c>: tool name → <c>"sha256:&lt;64 lowercase hex&gt;"</c>, exactly as <c>sidecar tools</c> prints a
+    /// definition's hash (lowercase only: a pin is compared as text, and one spelling keeps it exact).
+    /// </summary>
+    private static List<ToolPinConfig> ReadPins(ConfigNode node, DiagnosticBag diagnostics)
+    {
+        var pins = new List<ToolPinConfig>();
+        if (node is not ConfigObject obj)
+        {
+            diagnostics.Add(node, $"\"pins\" must be an object mapping tool names to \"{PinPrefix}<64 lowercase hex digits>\", not {node.KindName}");
+            return pins;
+        }
+        foreach (var member in obj.Members)
+        {
+            if (member.Name.Length == 0)
+            {
+                diagnostics.Add(member.Value.Path, member.NameLocation, "a tool name cannot be empty");
+                continue;
+            }
+            if (member.Value is not ConfigScalar { IsString: true, Text: { } hash })
+            {
+                diagnostics.Add(member.Value, $"a pin must be a string \"{PinPrefix}<64 lowercase hex digits>\", not {Describe(member.Value)}");
+                continue;
+            }
+            if (!IsPin(hash))
+            {
+                diagnostics.Add(member.Value,
+                    $"invalid pin \"{hash}\" for tool \"{member.Name}\"; expected \"{PinPrefix}\" and 64 lowercase hex digits, as sidecar tools prints the tool's hash");
+                continue;
+            }
+            pins.Add(new ToolPinConfig(member.Name, hash, member.NameLocation));
+        }
+        return pins;
+    }
+
+    /// <summary>True for <c>sha256:</c> followed by exactly 64 lowercase hex digits.</summary>
+    public static bool IsPin(string text)
+    {
+        if (text.Length != PinPrefix.Length + 64 || !text.StartsWith(PinPrefix, StringComparison.Ordinal))
+        {
+            return false;
+        }
+        foreach (var c in text.AsSpan(PinPrefix.Length))
+        {
+            if (!char.IsAsciiDigit(c) && c is not (>= 'a' and <= 'f'))
+            {
+                return false;
+            }
+        }
+        return true;
     }
 
     private static RuleConfig? ReadRule(ConfigNode node, string id, DiagnosticBag diagnostics)

@@ -12,9 +12,17 @@ public sealed class PolicyModel
     private readonly FrozenDictionary<string, RuleModel> _rules;
     private readonly FrozenDictionary<string, RuleModel>.AlternateLookup<ReadOnlySpan<char>> _lookup;
     private readonly FrozenSet<string>.AlternateLookup<ReadOnlySpan<char>> _names;
+    private readonly FrozenDictionary<string, string>.AlternateLookup<ReadOnlySpan<char>> _pins;
+
+    /// <summary>The rule a call is denied by when its tool's definition no longer matches its pin.</summary>
+    public const string PinRule = "pin";
+
+    /// <summary>The reason a call is denied with when its tool's definition no longer matches its pin.</summary>
+    public const string PinChangedReason = "tool definition changed since it was pinned";
 
     internal PolicyModel(PolicyConfig config, string counterSpace, FrozenDictionary<string, RuleModel> rules,
-        RuleModel? allTools, RuleModel defaultRule, RuleModel hiddenRule, IReadOnlyList<CounterModel> counters)
+        RuleModel? allTools, RuleModel defaultRule, RuleModel hiddenRule, IReadOnlyList<CounterModel> counters,
+        FrozenDictionary<string, string> pins)
     {
         Config = config;
         CounterSpace = counterSpace;
@@ -25,6 +33,9 @@ public sealed class PolicyModel
         DefaultRule = defaultRule;
         HiddenRule = hiddenRule;
         Counters = counters;
+        Pins = pins;
+        HasPins = pins.Count > 0;
+        _pins = pins.GetAlternateLookup<ReadOnlySpan<char>>();
     }
 
     /// <summary>What the user wrote.</summary>
@@ -63,6 +74,23 @@ public sealed class PolicyModel
 
     /// <summary>True when <c>tools/list</c> may show the tool: it is not hidden and not denied outright.</summary>
     public bool IsVisible(ReadOnlySpan<char> tool) => Resolve(tool).Action != RuleAction.Deny;
+
+    /// <summary><c>pins</c>: tool name → the <c>sha256:…</c> hash its definition must still have.</summary>
+    public FrozenDictionary<string, string> Pins { get; }
+
+    /// <summary>Whether the policy pins any tool (checked first on the call path, so a policy without pins pays nothing).</summary>
+    public bool HasPins { get; }
+
+    /// <summary>The hash <paramref name="tool"/> is pinned to, found without allocating; false when it is not pinned.</summary>
+    public bool TryGetPin(ReadOnlySpan<char> tool, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out string? hash)
+    {
+        if (HasPins && _pins.TryGetValue(tool, out hash))
+        {
+            return true;
+        }
+        hash = null;
+        return false;
+    }
 }
 
 /// <summary>A compiled rule. <see cref="Id"/> names it in decisions (<c>tools.start_proxy</c>, <c>default</c>, <c>hide</c>).</summary>

@@ -10,7 +10,7 @@ namespace Sidecar.Protocol;
 /// </summary>
 public static class ErrorCodes
 {
-    /// <summary>Denied by policy: an explicit deny, <c>hide</c>, the default, or a <c>deny_if</c> condition.</summary>
+    /// <summary>Denied by policy: an explicit deny, <c>hide</c>, the default, a <c>deny_if</c> condition, or a pin the tool's definition no longer matches.</summary>
     public const int PolicyDenied = -32010;
 
     /// <summary>A rate limit has no room; <c>error.data.retryAfterMs</c> says when it will.</summary>

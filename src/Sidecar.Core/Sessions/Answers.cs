@@ -1,5 +1,6 @@
 using System.Text.Json;
 using Sidecar.Audit;
+using Sidecar.Decisions;
 using Sidecar.JsonRpc;
 using Sidecar.Policy;
 using Sidecar.Protocol;
@@ -26,7 +27,7 @@ internal static class Answers
             }
             ticket = Complete(engine, pending.AuditId, payload, scan);
         }
-        return Reshape(engine, server, pending.ToolListPolicy, pending.RawId, payload, scan);
+        return Reshape(engine, server, pending.ToolListPolicy, pending.ToolListPins, pending.RawId, payload, scan);
     }
 
     /// <summary>Records how a forwarded call ended, from its upstream answer; returns the ticket its answer waits for.</summary>
@@ -38,9 +39,11 @@ internal static class Answers
 
     /// <summary>
     /// The upstream answer as the agent gets it: a <c>tools/list</c> result filtered through <paramref name="toolListPolicy"/>
-    /// (when given), and the agent's own id token <paramref name="rawId"/> in place of the upstream's.
+    /// and checked against <paramref name="pins"/> (when given), and the agent's own id token <paramref name="rawId"/>
+    /// in place of the upstream's. A pinned tool newly seen with another definition is logged and audited
+    /// (<c>tool_pin_mismatch</c>).
     /// </summary>
-    public static ReadOnlyMemory<byte> Reshape(SessionEngine engine, string server, PolicyModel? toolListPolicy, ReadOnlySpan<byte> rawId,
+    public static ReadOnlyMemory<byte> Reshape(SessionEngine engine, string server, PolicyModel? toolListPolicy, ServerPins? pins, ReadOnlySpan<byte> rawId,
         ReadOnlyMemory<byte> payload, in JsonRpcScan scan)
     {
         var span = payload.Span;
@@ -48,8 +51,15 @@ internal static class Answers
         {
             try
             {
-                if (ToolListFilter.Filter(payload, toolListPolicy, rawId, out var removed) is { } filtered)
+                if (ToolListFilter.Filter(payload, toolListPolicy, pins ?? ServerPins.None, rawId, out var removed, out var mismatches) is { } filtered)
                 {
+                    if (mismatches is not null)
+                    {
+                        foreach (var mismatch in mismatches)
+                        {
+                            ReportPinMismatch(engine, server, mismatch);
+                        }
+                    }
                     if (removed > 0)
                     {
                         engine.Log.ToolsRemoved(removed, server);
@@ -66,6 +76,22 @@ internal static class Answers
         return span.Slice(scan.Id.Start, scan.Id.Length).SequenceEqual(rawId)
             ? payload
             : JsonRpcResponses.ReplaceId(span, scan.Id.Start, scan.Id.Length, rawId);
+    }
+
+    /// <summary>
+    /// A pinned tool's definition no longer matches its pin: one warning and one <c>tool_pin_mismatch</c> audit event
+    /// (<c>server</c>, <c>tool</c>, <c>pinned</c>, <c>observed</c>), once per change.
+    /// </summary>
+    private static void ReportPinMismatch(SessionEngine engine, string server, PinMismatch mismatch)
+    {
+        engine.Log.PinMismatch(server, mismatch.Tool, mismatch.Pinned, mismatch.Observed);
+        engine.Audit.Notify(new AuditNotice("tool_pin_mismatch", json =>
+        {
+            json.WriteString("server"u8, server);
+            json.WriteString("tool"u8, mismatch.Tool);
+            json.WriteString("pinned"u8, mismatch.Pinned);
+            json.WriteString("observed"u8, mismatch.Observed);
+        }));
     }
 
     /// <summary><c>result.protocolVersion</c> of an <c>initialize</c> result; null when it has none.</summary>

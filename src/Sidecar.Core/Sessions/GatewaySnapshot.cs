@@ -1,5 +1,6 @@
 using System.Collections.Frozen;
 using Sidecar.Configuration;
+using Sidecar.Decisions;
 using Sidecar.Identity;
 using Sidecar.JsonRpc;
 using Sidecar.Policy;
@@ -66,9 +67,16 @@ internal sealed class GatewaySnapshot
 
 /// <summary>One upstream server in a snapshot: its definition, its compiled policies and the connector new sessions use.</summary>
 internal sealed class ServerState(ServerConfig config, PolicyModel policy, UpstreamHandle upstream, int maxSessions,
-    FrozenDictionary<string, PolicyModel>? grantPolicies = null)
+    FrozenDictionary<string, PolicyModel>? grantPolicies = null, PinWatch? pinWatch = null)
 {
     private readonly FrozenDictionary<string, PolicyModel> _grantPolicies = grantPolicies ?? FrozenDictionary<string, PolicyModel>.Empty;
+
+    /// <summary>
+    /// The pins of every policy this server applies (its own and each grant's) and what its pinned tools were last
+    /// seen as: <see cref="PinWatch"/> outlives sessions, and the snapshot builder hands it on while the server's
+    /// definition is unchanged.
+    /// </summary>
+    public ServerPins Pins { get; } = new(pinWatch ?? new PinWatch(), [policy, .. (grantPolicies ?? FrozenDictionary<string, PolicyModel>.Empty).Values]);
 
     public string Name => Config.Name;
     public ServerConfig Config { get; } = config;

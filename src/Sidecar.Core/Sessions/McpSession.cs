@@ -178,6 +178,7 @@ internal sealed partial class McpSession : AgentSession
         var pending = new PendingRequest(key, rawId, sink, Interlocked.Increment(ref _correlation))
         {
             ToolListPolicy = scan.Method == McpMethod.ToolsList ? current.PolicyFor(caller) : null,
+            ToolListPins = scan.Method == McpMethod.ToolsList ? current.Pins : null,
             IsInitialize = scan.Method == McpMethod.Initialize,
             Tool = tool,
             HasDecision = hasDecision,

@@ -18,6 +18,9 @@ internal sealed class PendingRequest(RpcId key, byte[] rawId, MessageSink sink, 
     /// <summary>For a <c>tools/list</c>: the policy (of the snapshot the request ran under) its result is filtered through.</summary>
     public PolicyModel? ToolListPolicy { get; init; }
 
+    /// <summary>For a <c>tools/list</c>: the server's pins, checked (and its pinned tools' definitions recorded) as the result is filtered.</summary>
+    public Decisions.ServerPins? ToolListPins { get; init; }
+
     /// <summary>The agent's <c>initialize</c>: its result says which protocol version the session speaks.</summary>
     public bool IsInitialize { get; init; }
 

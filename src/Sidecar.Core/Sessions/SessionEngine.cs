@@ -425,6 +425,9 @@ internal sealed partial class SessionEngine : IAsyncDisposable
         }
         foreach (var (name, server) in next.Servers)
         {
+            // A pin watch carried over forgets the tools no policy pins any more (only once the snapshot is live: a
+            // snapshot built and not applied shares the watch too).
+            server.Pins.Watch.Retain(server.Pins.Watched);
             if (!previous.Servers.ContainsKey(name))
             {
                 Log.ServerReady(name, server.Config.TransportName, server.Config.PolicyPath ?? "(none: everything denied)");

@@ -46,6 +46,9 @@ internal sealed partial class SessionLog(ILogger logger)
     [LoggerMessage(Level = LogLevel.Debug, Message = "Removed {Count} tools from tools/list of {Server}")]
     public partial void ToolsRemoved(int count, string server);
 
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Tool {Tool} of {Server} changed since it was pinned (pinned {Pinned}, now {Observed}): it is hidden and its calls are denied until it is pinned again")]
+    public partial void PinMismatch(string server, string tool, string pinned, string observed);
+
     [LoggerMessage(Level = LogLevel.Warning, Message = "Refused a tools/list response from {Server} that could not be filtered: {Error}")]
     public partial void UnfilterableToolList(string server, string error);
 

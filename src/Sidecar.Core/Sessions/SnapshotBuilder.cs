@@ -55,7 +55,7 @@ internal static class SnapshotBuilder
                 try
                 {
                     perGrant[name] = file is null
-                        ? DenyAll(server.Name, $"grant {name} has no policy for server {server.Name}: everything is denied")
+                        ? NoGrantPolicy(name, server.Name)
                         : compiled.TryGetValue((server.Name, file), out var model) ? model
                         : compiled[(server.Name, file)] = PolicyCompiler.LoadFile(file, server.Name);
                 }
@@ -98,8 +98,11 @@ internal static class SnapshotBuilder
             var upstream = old is not null && old.Config.SameUpstream(server) && previous!.Config.Limits == config.Limits
                 ? old.Upstream
                 : new UpstreamHandle(UpstreamConnectors.Create(server, config.Limits, loggers));
+            // What the server's pinned tools were last seen as is a fact about the server, kept while it stays the same
+            // server (same command or URL): a reload that only edits a pin is checked against it at once.
+            var pinWatch = old is not null && old.Config.SameUpstream(server) ? old.Pins.Watch : null;
             servers[server.Name] = new ServerState(server, policies[server.Name], upstream, config.Limits.SessionsPerServer(server),
-                grantPolicies[server.Name].ToFrozenDictionary(StringComparer.Ordinal));
+                grantPolicies[server.Name].ToFrozenDictionary(StringComparer.Ordinal), pinWatch);
         }
         return new GatewaySnapshot(config, servers.ToFrozenDictionary(StringComparer.Ordinal), (previous?.Version ?? 0) + 1);
     }
@@ -114,6 +117,16 @@ internal static class SnapshotBuilder
             ? DenyAll(server.Name, $"no policy configured for server {server.Name}: everything is denied")
             : PolicyCompiler.LoadFile(server.PolicyPath, server.Name);
     }
+
+    /// <summary>
+    /// The policy <paramref name="grant"/> gives <paramref name="server"/> (as <see cref="ServerState.PolicyFor"/> finds
+    /// it in a snapshot): the grant's <c>policies[server]</c>, else <c>policies["*"]</c>, else one that denies everything.
+    /// </summary>
+    public static PolicyModel LoadGrantPolicy(GrantConfig grant, ServerConfig server)
+        => grant.PolicyFor(server.Name) is { } file ? PolicyCompiler.LoadFile(file, server.Name) : NoGrantPolicy(grant.Name, server.Name);
+
+    private static PolicyModel NoGrantPolicy(string grant, string server)
+        => DenyAll(server, $"grant {grant} has no policy for server {server}: everything is denied");
 
     /// <summary>A policy that denies every tool (fail closed), saying why in its description.</summary>
     private static PolicyModel DenyAll(string server, string why)

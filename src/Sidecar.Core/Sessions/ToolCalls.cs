@@ -71,7 +71,7 @@ internal sealed class ToolCalls(DecisionEngine decisions, AuditRecorder audit, S
         var arguments = scan.Arguments.IsEmpty ? default : message.Slice(scan.Arguments.Start, scan.Arguments.Length);
         var reader = scan.Arguments.IsEmpty ? new Utf8JsonReader(DecisionEngine.NoArguments) : new Utf8JsonReader(arguments);
         var policy = server.PolicyFor(caller);
-        decisions.Decide(policy, context, name, reader, approved: false, out decision);
+        decisions.Decide(policy, context, name, reader, approved: false, out decision, server.Pins.Watch);
         if (decision.Outcome == DecisionOutcome.RequireApproval && decision.Enforced && options.ApprovalsEnabled)
         {
             // Held for a person (McpSession.Hold): recorded once it ends, approved, refused or not decided in time.
@@ -120,7 +120,7 @@ internal sealed class ToolCalls(DecisionEngine decisions, AuditRecorder audit, S
         var arguments = scan.Arguments.IsEmpty ? default : message.Slice(scan.Arguments.Start, scan.Arguments.Length);
         var reader = scan.Arguments.IsEmpty ? new Utf8JsonReader(DecisionEngine.NoArguments) : new Utf8JsonReader(arguments);
         var policy = server.PolicyFor(caller);
-        decisions.Decide(policy, context, tool, reader, approved: true, out var decision);
+        decisions.Decide(policy, context, tool, reader, approved: true, out var decision, server.Pins.Watch);
         decision.ApprovalId = approvalId;
         decision.ApprovalStatus = ApprovalStatus.Used;
         if (decision.NeedsShared)

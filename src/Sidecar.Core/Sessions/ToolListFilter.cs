@@ -1,5 +1,7 @@
 using System.Buffers;
 using System.Text.Json;
+using Sidecar.Catalogue;
+using Sidecar.Decisions;
 using Sidecar.Policy;
 
 namespace Sidecar.Sessions;
@@ -9,12 +11,28 @@ namespace Sidecar.Sessions;
 /// (pagination cursor, <c>_meta</c>, unknown fields) is kept as the server sent it. A tool entry without a string
 /// name is dropped: what the gateway can't name, the agent doesn't see.
 /// </summary>
+/// <remarks>
+/// This is where the gateway learns what the server's tools are now: each tool some policy of the server pins is
+/// hashed (<see cref="ToolCatalogue.Hash"/>, as <c>sidecar tools</c> does) and recorded in the server's
+/// <see cref="PinWatch"/>, and one whose hash differs from the caller's policy's pin is removed too. Pins the list
+/// newly contradicts are handed back for the audit trail.
+/// </remarks>
 internal static class ToolListFilter
 {
-    /// <summary>Returns the filtered response with the agent's id; null when the message has no <c>result.tools</c> array (passed through unchanged).</summary>
+    /// <summary>Filters through <paramref name="policy"/> alone (no pins).</summary>
     public static byte[]? Filter(ReadOnlyMemory<byte> response, PolicyModel policy, ReadOnlySpan<byte> rawId, out int removed)
+        => Filter(response, policy, ServerPins.None, rawId, out removed, out _);
+
+    /// <summary>
+    /// Returns the filtered response with the agent's id; null when the message has no <c>result.tools</c> array (passed
+    /// through unchanged). <paramref name="mismatches"/>: the pins of the server this list contradicts that had not
+    /// been reported yet (null when none).
+    /// </summary>
+    public static byte[]? Filter(ReadOnlyMemory<byte> response, PolicyModel policy, ServerPins pins, ReadOnlySpan<byte> rawId, out int removed,
+        out List<PinMismatch>? mismatches)
     {
         removed = 0;
+        mismatches = null;
         using var doc = JsonDocument.Parse(response, new JsonDocumentOptions { AllowDuplicateProperties = false, MaxDepth = 128 });
         var root = doc.RootElement;
         if (!root.TryGetProperty("result"u8, out var result) || result.ValueKind != JsonValueKind.Object
@@ -51,7 +69,7 @@ internal static class ToolListFilter
                         {
                             if (tool.ValueKind == JsonValueKind.Object
                                 && tool.TryGetProperty("name"u8, out var name) && name.ValueKind == JsonValueKind.String
-                                && policy.IsVisible(name.GetString()!))
+                                && Visible(tool, name.GetString()!, policy, pins, ref mismatches))
                             {
                                 tool.WriteTo(writer);
                             }
@@ -72,5 +90,21 @@ internal static class ToolListFilter
             writer.WriteEndObject();
         }
         return buffer.WrittenSpan.ToArray();
+    }
+
+    /// <summary>Whether the agent sees the tool: not hidden or denied, and (when pinned) still as it was pinned. Records what a pinned tool is now.</summary>
+    private static bool Visible(JsonElement tool, string name, PolicyModel policy, ServerPins pins, ref List<PinMismatch>? mismatches)
+    {
+        var visible = policy.IsVisible(name);
+        if (pins.Any && pins.Watched.TryGetValue(name, out var watched))
+        {
+            var hash = ToolCatalogue.Hash(tool);
+            pins.Watch.Observe(name, hash, watched, mismatches ??= []);
+            if (policy.TryGetPin(name, out var pin) && !string.Equals(pin, hash, StringComparison.Ordinal))
+            {
+                visible = false;
+            }
+        }
+        return visible;
     }
 }

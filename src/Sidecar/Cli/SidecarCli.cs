@@ -15,6 +15,7 @@ public static class SidecarCli
         root.Subcommands.Add(AuditCommand.Create());
         root.Subcommands.Add(ToolsCommand.Create());
         root.Subcommands.Add(ToolsCommand.CreatePolicy());
+        root.Subcommands.Add(ScanCommand.Create());
         root.Subcommands.Add(ApprovalsCommand.Create());
         root.Subcommands.Add(ReloadCommand.Create());
         return root;

@@ -45,7 +45,7 @@ internal static class WrapCommand
             {
                 loaded = request.ToConfig();
             }
-            catch (WrapUsageException ex)
+            catch (UsageException ex)
             {
                 error.WriteLine($"sidecar wrap: {ex.Message}");
                 return 2;

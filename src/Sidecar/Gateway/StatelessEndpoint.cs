@@ -139,7 +139,7 @@ internal sealed class StatelessEndpoint(Gateway gateway, ILogger logger)
                             answered = true;
                         }
                         // An id split across body segments is rare (ids are short): only then is it copied.
-                        outgoing = Answers.Reshape(Engine, server.Name, toolListPolicy,
+                        outgoing = Answers.Reshape(Engine, server.Name, toolListPolicy, server.Pins,
                             rawIdToken.IsSingleSegment ? rawIdToken.FirstSpan : rawIdToken.ToArray(), message, answerScan);
                     }
                     await audit.WhenWrittenAsync(ticket).ConfigureAwait(false);

@@ -29,7 +29,7 @@ public sealed class WrapRequestTests : IDisposable
         string? server = null, string? name = null, string? audit = null, string[]? command = null)
         => new(policy, upstream, headers ?? [], config, server, name, audit, command ?? []);
 
-    private static string UsageError(WrapRequest request) => Assert.Throws<WrapUsageException>(() => request.ToConfig()).Message;
+    private static string UsageError(WrapRequest request) => Assert.Throws<UsageException>(() => request.ToConfig()).Message;
 
     private const string OneUpstream = "give exactly one upstream: -- COMMAND [ARGS…], --upstream URL, or --config FILE --server NAME";
 

@@ -72,12 +72,15 @@ internal sealed class EngineHarness : IAsyncDisposable
         return PolicyCompiler.Load(Encoding.UTF8.GetBytes(policyJson), "srv", diagnostics) ?? throw new InvalidOperationException(diagnostics.ToString());
     }
 
-    /// <summary>The live snapshot with "srv" under <paramref name="policyJson"/> (same connector), for <see cref="SessionEngine.Apply"/>.</summary>
+    /// <summary>
+    /// The live snapshot with "srv" under <paramref name="policyJson"/> (same connector and, as the snapshot builder
+    /// does for an unchanged server, the same pin watch), for <see cref="SessionEngine.Apply"/>.
+    /// </summary>
     public GatewaySnapshot WithPolicy(string policyJson)
     {
         var current = Engine.Current;
         var server = current.Find("srv")!;
-        var state = new ServerState(server.Config, Compile(policyJson), server.Upstream, server.MaxSessions);
+        var state = new ServerState(server.Config, Compile(policyJson), server.Upstream, server.MaxSessions, pinWatch: server.Pins.Watch);
         return new GatewaySnapshot(current.Config, new Dictionary<string, ServerState> { ["srv"] = state }.ToFrozenDictionary(), current.Version + 1);
     }
 

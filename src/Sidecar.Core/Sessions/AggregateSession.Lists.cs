@@ -53,11 +53,7 @@ internal sealed partial class AggregateSession
         var buffer = new ArrayBufferWriter<byte>(1024);
         using (var writer = new Utf8JsonWriter(buffer, JsonRpcResponses.s_writerOptions))
         {
-            writer.WriteStartObject();
-            writer.WriteString("jsonrpc"u8, "2.0"u8);
-            writer.WritePropertyName("id"u8);
-            writer.WriteRawValue(rawId, skipInputValidation: true);
-            writer.WriteStartObject("result"u8);
+            StartResult(writer, rawId);
             writer.WriteString("protocolVersion"u8, version);
             writer.WriteStartObject("capabilities"u8);
             writer.WriteStartObject("tools"u8);
@@ -89,6 +85,16 @@ internal sealed partial class AggregateSession
         }
         Volatile.Write(ref _protocolVersion, version);
         return buffer.WrittenSpan.ToArray();
+    }
+
+    /// <summary>Writes <c>{"jsonrpc":"2.0","id":ID,"result":{</c>: the caller writes the result's members and closes both objects.</summary>
+    private static void StartResult(Utf8JsonWriter writer, byte[] rawId)
+    {
+        writer.WriteStartObject();
+        writer.WriteString("jsonrpc"u8, "2.0"u8);
+        writer.WritePropertyName("id"u8);
+        writer.WriteRawValue(rawId, skipInputValidation: true);
+        writer.WriteStartObject("result"u8);
     }
 
     /// <summary>The servers' instructions, each under its server's name, in config order.</summary>
@@ -219,11 +225,7 @@ internal sealed partial class AggregateSession
         var buffer = new ArrayBufferWriter<byte>(4096);
         using (var writer = new Utf8JsonWriter(buffer, JsonRpcResponses.s_writerOptions))
         {
-            writer.WriteStartObject();
-            writer.WriteString("jsonrpc"u8, "2.0"u8);
-            writer.WritePropertyName("id"u8);
-            writer.WriteRawValue(rawId, skipInputValidation: true);
-            writer.WriteStartObject("result"u8);
+            StartResult(writer, rawId);
             writer.WriteStartArray(kind.Items);
             foreach (var (member, answer) in asked)
             {

@@ -67,37 +67,17 @@ public sealed class MetricsTests(GatewayFixture fixture) : IClassFixture<Gateway
     /// </summary>
     private static async Task EnsureParserAsync()
     {
-        if (await RunAsync(Parser, "-c", "import prometheus_client") == 0)
+        if (await Commands.RunAsync(Parser, "-c", "import prometheus_client") == 0)
         {
             return;
         }
         if (Environment.UserName == "root" && File.Exists("/usr/bin/apt-get"))
         {
-            await RunAsync("/usr/bin/apt-get", "update", "-qq");
-            await RunAsync("/usr/bin/apt-get", "install", "-y", "-qq", "--no-install-recommends", "python3", "python3-prometheus-client");
+            await Commands.RunAsync("/usr/bin/apt-get", "update", "-qq");
+            await Commands.RunAsync("/usr/bin/apt-get", "install", "-y", "-qq", "--no-install-recommends", "python3", "python3-prometheus-client");
         }
-        Assert.True(await RunAsync(Parser, "-c", "import prometheus_client") == 0,
+        Assert.True(await Commands.RunAsync(Parser, "-c", "import prometheus_client") == 0,
             "the Prometheus reference parser is missing: apt-get install python3-prometheus-client (.ci/run installs it)");
-    }
-
-    private static async Task<int> RunAsync(string file, params string[] args)
-    {
-        if (!File.Exists(file))
-        {
-            return -1;
-        }
-        var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var arg in args)
-        {
-            start.ArgumentList.Add(arg);
-        }
-        using var process = Process.Start(start)!;
-        var output = process.StandardOutput.ReadToEndAsync();
-        var error = process.StandardError.ReadToEndAsync();
-        using var bound = new CancellationTokenSource(TimeSpan.FromMinutes(5));
-        await process.WaitForExitAsync(bound.Token);
-        await Task.WhenAll(output, error);
-        return process.ExitCode;
     }
 
     private static double Value(List<Sample> samples, string name, params (string Key, string Value)[] labels)

@@ -128,8 +128,8 @@ public sealed class RedisServer : IAsyncDisposable
         {
             if (!File.Exists(Binary) && Environment.UserName == "root" && File.Exists("/usr/bin/apt-get"))
             {
-                await RunAsync("/usr/bin/apt-get", "update", "-qq");
-                await RunAsync("/usr/bin/apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server");
+                await Commands.RunAsync("/usr/bin/apt-get", "update", "-qq");
+                await Commands.RunAsync("/usr/bin/apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server");
             }
         }
         finally
@@ -137,21 +137,6 @@ public sealed class RedisServer : IAsyncDisposable
             s_install.Release();
         }
         Assert.True(File.Exists(Binary), "redis-server is missing: apt-get install redis-server (.ci/run installs it)");
-    }
-
-    private static async Task RunAsync(string file, params string[] args)
-    {
-        var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var arg in args)
-        {
-            start.ArgumentList.Add(arg);
-        }
-        using var process = Process.Start(start)!;
-        var output = process.StandardOutput.ReadToEndAsync();
-        var error = process.StandardError.ReadToEndAsync();
-        using var bound = new CancellationTokenSource(TimeSpan.FromMinutes(5));
-        await process.WaitForExitAsync(bound.Token);
-        await Task.WhenAll(output, error);
     }
 
     public async ValueTask DisposeAsync() => await KillAsync();

@@ -8,20 +8,10 @@
 #
 # Knobs: ROUNDS (3), DURATION (5 s), WARMUP (2 s), MAX_REQUESTS (500000). Results: results/redis.jsonl and a table.
 set -euo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/../.." && pwd)"
-ROUNDS="${ROUNDS:-3}"; DURATION="${DURATION:-5}"; WARMUP="${WARMUP:-2}"; MAX_REQUESTS="${MAX_REQUESTS:-500000}"
-SIDECAR="$ROOT/out/linux-x64/sidecar"
-LOAD="$ROOT/bench/Sidecar.Load/bin/Release/net10.0/Sidecar.Load"
-PRELOAD="$ROOT/tests/fixtures/mcp-servers/loopback.cjs"
-RESULTS="$HERE/results"; OUT="$RESULTS/redis.jsonl"
-mkdir -p "$RESULTS"; : > "$OUT"; rm -rf "$RESULTS/audit-redis"
-[[ -x "$SIDECAR" && -x "$LOAD" ]] || { echo "build first: bench/load/run.sh (or dotnet publish src/Sidecar -c Release -r linux-x64 -o out/linux-x64; dotnet build bench/Sidecar.Load/Sidecar.Load.csproj -c Release)" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/side-by-side.sh"
+OUT="$RESULTS/redis.jsonl"
+: > "$OUT"; rm -rf "$RESULTS/audit-redis"
 command -v redis-server >/dev/null || { echo "redis-server is missing (apt-get install redis-server)" >&2; exit 1; }
-
-PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
-wait_port() { for _ in $(seq 1 500); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.02; done; echo "nothing on 127.0.0.1:$1" >&2; return 1; }
 redis-server --port 9123 --bind 127.0.0.1 --save "" --appendonly no > "$RESULTS/redis-server.log" 2>&1 & PIDS+=("$!")
 wait_port 9123
 NODE_OPTIONS="--require $PRELOAD" node "$HERE/echo-server/http.cjs" 9120 > "$RESULTS/redis-echo.log" 2>&1 & PIDS+=("$!")

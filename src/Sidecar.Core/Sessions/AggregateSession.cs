@@ -562,7 +562,7 @@ internal sealed partial class AggregateSession : AgentSession
                 wait = wait * 2 > LastRetry ? LastRetry : wait * 2;
             }
         }
-        catch (OperationCanceledException)
+        catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException)
         {
             // The session closed.
         }

@@ -1,4 +1,4 @@
-using Sidecar.JsonRpc;
+using Sidecar.Upstreams;
 
 namespace Sidecar.Sessions;
 
@@ -6,7 +6,7 @@ namespace Sidecar.Sessions;
 /// One server inside an <see cref="AggregateSession"/>: the ordinary <see cref="McpSession"/> the aggregate holds on
 /// it (which decides, audits, holds for approval and forwards exactly as <c>/servers/{name}/mcp</c> does), whether
 /// its tools are listed now (<see cref="IsUp"/>), and the relay that carries its traffic to the agent, where
-/// server-to-client requests get ids of the aggregate's own so the agent's answer finds its server again.
+/// server-to-client requests get ids of the aggregate's own (<see cref="Requests"/>) so the agent's answer finds its server again.
 /// </summary>
 internal sealed class AggregateMember : MessageSink.IMessageRelay
 {
@@ -19,7 +19,11 @@ internal sealed class AggregateMember : MessageSink.IMessageRelay
         _owner = owner;
         Inner = inner;
         Prefix = inner.ServerName + owner.Separator;
+        Requests = new RpcIdMapper<AggregateMember>(owner.ServerRequests, this);
     }
+
+    /// <summary>The agent-facing ids of this server's server-to-client requests, in the session's one id space.</summary>
+    public RpcIdMapper<AggregateMember> Requests { get; }
 
     public string Name => Inner.ServerName;
 

@@ -31,7 +31,7 @@ internal sealed partial class AggregateSession : AgentSession
 
     private readonly SessionEngine _engine;
     private readonly ConcurrentDictionary<string, AggregateMember> _members = new(StringComparer.Ordinal);
-    private readonly ConcurrentDictionary<string, ServerRequest> _serverRequests = new(StringComparer.Ordinal);
+    private readonly RpcIdSpace<AggregateMember> _serverRequests = new();
     private readonly ConcurrentDictionary<string, string> _resourceOwners = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, string> _templateOwners = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _lifetime = new();
@@ -346,6 +346,16 @@ internal sealed partial class AggregateSession : AgentSession
         {
             case McpMethod.NotificationsInitialized:
                 return; // each server got its own as soon as it was initialized
+            case McpMethod.NotificationsProgress:
+                // Progress of the agent's work on a server's request: to that server, with the server's own token.
+                var bytes = message.IsSingleSegment ? message.First : message.ToArray();
+                if (_serverRequests.TryRouteProgress(bytes.Span, scan, out var route, out var progress) && route.Lane is { } owner
+                    && Rescan(progress, snapshot, out var progressScan) is null)
+                {
+                    await owner.Inner.ProcessAsync(snapshot, caller, new ReadOnlySequence<byte>(progress), progressScan, owner.RelayTo(null), cancellationToken)
+                        .ConfigureAwait(false);
+                }
+                return;
             case McpMethod.NotificationsCancelled:
                 if (CancelledRequest(message, scan) is { } key)
                 {
@@ -392,13 +402,13 @@ internal sealed partial class AggregateSession : AgentSession
     private async ValueTask AnswerServerRequestAsync(GatewaySnapshot snapshot, Caller caller, ReadOnlySequence<byte> message, JsonRpcScan scan,
         CancellationToken cancellationToken)
     {
-        var id = StringOf(message.Slice(scan.Id.Start, scan.Id.Length));
-        if (id is null || !_serverRequests.TryRemove(id, out var request) || !_members.TryGetValue(request.Server, out var member))
+        var contiguous = message.IsSingleSegment ? message.First : message.ToArray();
+        if (!_serverRequests.TryRouteResponse(contiguous.Span, scan, out var route, out var rewritten)
+            || route.Lane is not { } member || !_members.TryGetValue(member.Name, out var current) || !ReferenceEquals(current, member))
         {
-            Log.UnknownServerRequest(Id, id ?? "");
+            Log.UnknownServerRequest(Id, Encoding.UTF8.GetString(contiguous.Span.Slice(scan.Id.Start, scan.Id.Length)));
             return;
         }
-        var rewritten = Replace(message, scan.Id, request.RawId);
         if (Rescan(rewritten, snapshot, out var inner) is null)
         {
             await member.Inner.ProcessAsync(snapshot, caller, new ReadOnlySequence<byte>(rewritten), inner, member.RelayTo(null), cancellationToken).ConfigureAwait(false);
@@ -406,23 +416,41 @@ internal sealed partial class AggregateSession : AgentSession
     }
 
     /// <summary>
-    /// What a member sends the agent on its own (not an answer): a server-to-client request gets an id of the
-    /// aggregate's (<c>"{server}:{n}"</c>), kept until the agent answers; everything else goes as it is.
+    /// What a member sends the agent on its own (not an answer). A server-to-client request gets an id of the
+    /// aggregate's own, from one counter for all members (<see cref="RpcIdMapper{TLane}"/>, as a shared stdio process
+    /// maps its sessions' ids), kept until the agent answers; the server's cancellation of such a request names that
+    /// id too (and is dropped when the request is no longer in flight). Everything else goes as it is. Empty: drop it.
     /// </summary>
     internal ReadOnlyMemory<byte> ToAgent(AggregateMember member, ReadOnlyMemory<byte> payload)
     {
-        if (JsonRpcScanner.Scan(payload.Span, out var scan, _engine.Current.Options.Scanner) != ScanStatus.Ok || scan.Kind != JsonRpcMessageKind.Request)
+        if (JsonRpcScanner.Scan(payload.Span, out var scan, _engine.Current.Options.Scanner) != ScanStatus.Ok)
         {
             return payload;
         }
-        var id = $"{member.Name}:{Interlocked.Increment(ref _counter)}";
-        _serverRequests[id] = new ServerRequest(member.Name, payload.Span.Slice(scan.Id.Start, scan.Id.Length).ToArray());
-        return JsonRpcResponses.ReplaceId(payload.Span, scan.Id.Start, scan.Id.Length, JsonString(id));
+        if (scan.Kind == JsonRpcMessageKind.Request)
+        {
+            // The mapped copy lives in a pooled buffer; the sink keeps the message until the agent reads it.
+            using var mapped = member.Requests.MapRequest(payload.Span, scan, correlation: 0);
+            return mapped.Span.ToArray();
+        }
+        if (scan.Kind == JsonRpcMessageKind.Notification && scan.Method == McpMethod.NotificationsCancelled)
+        {
+            if (!member.Requests.TryMapCancellation(payload.Span, scan, out var cancelled))
+            {
+                return default;
+            }
+            using (cancelled)
+            {
+                return cancelled.Span.ToArray();
+            }
+        }
+        return payload;
     }
 
-    internal void SendToStream(ReadOnlyMemory<byte> payload) => ToStream(payload);
+    /// <summary>The agent's ids of the members' server-to-client requests (see <see cref="ToAgent"/>).</summary>
+    internal RpcIdSpace<AggregateMember> ServerRequests => _serverRequests;
 
-    private sealed record ServerRequest(string Server, byte[] RawId);
+    internal void SendToStream(ReadOnlyMemory<byte> payload) => ToStream(payload);
 
     // ---- Members: joining, going down, coming back ---------------------------------------------------------------
 
@@ -724,6 +752,7 @@ internal sealed partial class AggregateSession : AgentSession
 
     private async Task CloseMemberAsync(AggregateMember member, AuditOutcome outcome, string message)
     {
+        member.Requests.Clear(); // answers of the agent to its requests have nowhere to go now
         try
         {
             await member.Inner.CloseAsync(outcome, message).ConfigureAwait(false);
